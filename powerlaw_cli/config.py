@@ -1,0 +1,353 @@
+"""The typed settings of one proxy run, in six sections.
+
+Each field is documented where it is defined (its ``doc``) and says whether it changes the run's
+result (``identity``): only those enter the ``run_id``. Sweep files (``spec.py``) and ``plsweep train``
+reuse these sections unchanged, and the README's table of settings is generated from them.
+
+Units: token counts are tokens, batch sizes are sequences, ``lr`` is the base Adam LR (the LR at
+``width == base_width``) before muP's per-group multipliers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+ScheduleName = Literal["constant", "cosine", "cyclic_cosine", "inverse_sqrt", "wsd", "wsd_s", "power"]
+DecayShape = Literal["linear", "cosine", "1-sqrt", "exponential"]
+SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message is one line naming it."""
+
+
+def setting(default: Any, doc: str, *, identity: bool = True) -> Any:
+    """A config field with its documentation and whether it changes the run's result."""
+    metadata = {"doc": doc, "identity": identity}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _require(ok: bool, section: str, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{name}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The muP GPT proxy: a pre-norm decoder-only transformer."""
+
+    width: int = setting(128, "d_model, the residual stream width")
+    depth: int = setting(4, "number of transformer blocks")
+    n_heads: int = setting(4, "attention heads; head_dim = width / n_heads")
+    mlp_ratio: float = setting(4.0, "MLP hidden width as a multiple of width")
+    seq_len: int = setting(128, "tokens per training sequence")
+    vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
+    parametrization: Literal["mup", "sp"] = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
+    base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
+    init_std: float = setting(0.02, "init std of embeddings, readout and (at base width) hidden matrices")
+    positions: Literal["rotary", "learned"] = setting("rotary", "rotary (RoPE, no parameters) or learned absolute positions")
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "n_heads", "seq_len", "vocab_size", "base_width"):
+            _require(getattr(self, name) > 0, "model", name, "must be > 0")
+        _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
+        _require((self.width // self.n_heads) % 2 == 0, "model", "n_heads", "head_dim = width / n_heads must be even (rotary)")
+        _require(self.base_width % self.n_heads == 0, "model", "base_width", f"must be divisible by n_heads={self.n_heads}")
+        _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
+        _require(self.init_std > 0, "model", "init_std", "must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.n_heads
+
+    @property
+    def width_multiplier(self) -> float:
+        """muP's m = width / base_width (1 for sp, whose scalings ignore it)."""
+        return self.width / self.base_width
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training and validation tokens come from."""
+
+    source: Literal["synthetic", "tokens", "text", "stdlib"] = setting(
+        "synthetic",
+        "synthetic (a seeded Markov language), tokens (uint16/uint32 .bin or .npy), text (byte-level file or folder), "
+        "stdlib (byte-level, the running Python's standard library sources)",
+    )
+    path: str = setting("", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder")
+    dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files")
+    synthetic_seed: int = setting(0, "synthetic: the seed of the language (its transition table)")
+    zipf_exponent: float = setting(1.1, "synthetic: exponent s of the Zipf-like next-token weights k^-s")
+    val_tokens: int = setting(65536, "size of the fixed held-out validation set, tokens")
+
+    def __post_init__(self) -> None:
+        if self.source in ("tokens", "text"):
+            _require(bool(self.path), "data", "path", f"is required when source = {self.source!r}")
+        _require(self.zipf_exponent > 0, "data", "zipf_exponent", "must be > 0")
+        _require(self.val_tokens > 0, "data", "val_tokens", "must be > 0")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW."""
+
+    lr: float = setting(3e-3, "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power")
+    beta1: float = setting(0.9, "Adam beta1")
+    beta2: float = setting(0.95, "Adam beta2")
+    eps: float = setting(1e-8, "Adam epsilon")
+    weight_decay: float = setting(0.1, "decoupled weight decay of matrices (AdamW; scaled by each group's LR)")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optimizer", "lr", "must be > 0")
+        for name in ("beta1", "beta2"):
+            _require(0 <= getattr(self, name) < 1, "optimizer", name, "must be in [0, 1)")
+        _require(self.eps > 0, "optimizer", "eps", "must be > 0")
+        _require(self.weight_decay >= 0, "optimizer", "weight_decay", "must be >= 0")
+        _require(self.grad_clip >= 0, "optimizer", "grad_clip", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The LR schedule, a function of tokens seen (never steps)."""
+
+    name: ScheduleName = setting("wsd", "constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")
+    warmup_tokens: int = setting(0, "linear warmup from 0, tokens")
+    decay_tokens: int = setting(0, "wsd/wsd_s/power: decay length, tokens (0: use decay_fraction)")
+    decay_fraction: float = setting(0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)")
+    decay_shape: DecayShape = setting("linear", "wsd/wsd_s/power decay: linear, cosine, 1-sqrt or exponential")
+    final_lr_ratio: float = setting(0.0, "LR at the end of a decay (or of cosine) as a fraction of its start")
+    cycle_tokens: int = setting(0, "cyclic_cosine: length of one cosine cycle, tokens")
+    alpha_tokens: int = setting(1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens")
+    decay_points: list[int] = setting([], "wsd_s: the token budgets at which the main branch decays in place")
+    power_a: float = setting(4.0, "power: a in lr = min(lr_max, a * batch * n^b), batch in sequences, n in tokens")
+    power_b: float = setting(-0.51, "power: the exponent b")
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_tokens", "decay_tokens", "cycle_tokens"):
+            _require(getattr(self, name) >= 0, "schedule", name, "must be >= 0")
+        _require(0 < self.decay_fraction <= 1, "schedule", "decay_fraction", "must be in (0, 1]")
+        _require(0 <= self.final_lr_ratio <= 1, "schedule", "final_lr_ratio", "must be in [0, 1]")
+        _require(self.alpha_tokens > 0, "schedule", "alpha_tokens", "must be > 0")
+        if self.name == "cyclic_cosine":
+            _require(self.cycle_tokens > 0, "schedule", "cycle_tokens", "must be > 0 for cyclic_cosine")
+        if self.name == "wsd_s":
+            points = self.decay_points
+            _require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
+            _require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
+            _require(list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing")
+        _require(self.power_a > 0, "schedule", "power_a", "must be > 0")
+        _require(self.power_b < 0, "schedule", "power_b", "must be < 0")
+
+    def decay_length(self, budget: int) -> int:
+        """Decay length in tokens for a run (or a wsd_s budget) of ``budget`` tokens."""
+        return self.decay_tokens if self.decay_tokens > 0 else round(self.decay_fraction * budget)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training loop."""
+
+    tokens: int = setting(2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps")
+    batch_size: int = setting(16, "sequences per optimizer step (batch_tokens = batch_size * seq_len)")
+    micro_batch_size: int = setting(0, "sequences per forward/backward (gradient accumulation; 0: the whole batch)", identity=False)
+    seed: int = setting(0, "seed of the initialisation and of the order of training batches")
+    eval_every_tokens: int = setting(0, "evaluate on the validation set every this many tokens (0: only at the end)", identity=False)
+    divergence_factor: float = setting(3.0, "stop as diverged when the train loss exceeds this times the initial loss")
+    checkpoint_seconds: float = setting(600.0, "save resumable state at most this often, seconds (0: never)", identity=False)
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto: CUDA (bf16 autocast) when present, else CPU fp32", identity=False)
+    compile: bool = setting(False, "torch.compile the model (helps on GPUs)", identity=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size"):
+            _require(getattr(self, name) > 0, "training", name, "must be > 0")
+        _require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
+        if self.micro_batch_size:
+            _require(self.batch_size % self.micro_batch_size == 0, "training", "micro_batch_size",
+                     f"must divide batch_size={self.batch_size}")
+        _require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
+        _require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
+        _require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """Weight averaging; a run reports the loss of the raw and of the averaged weights."""
+
+    kind: Literal["none", "ema", "anytime", "tail"] = setting(
+        "none", "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)")
+    ema_tokens: int = setting(1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))")
+    anytime_gamma: float = setting(25.0, "anytime: old-weight coefficient 0.5^(gamma / (t + 1)), t in steps")
+    tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
+
+    def __post_init__(self) -> None:
+        _require(self.ema_tokens > 0, "averaging", "ema_tokens", "must be > 0")
+        _require(self.anytime_gamma > 0, "averaging", "anytime_gamma", "must be > 0")
+        _require(0 < self.tail_fraction <= 1, "averaging", "tail_fraction", "must be in (0, 1]")
+
+
+SECTION_TYPES: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig,
+    "training": TrainingConfig,
+    "averaging": AveragingConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one proxy run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
+
+    def __post_init__(self) -> None:
+        if self.schedule.name == "wsd_s":
+            _require(self.training.tokens in self.schedule.decay_points, "training", "tokens",
+                     f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}")
+        _require(self.schedule.warmup_tokens < self.training.tokens, "schedule", "warmup_tokens",
+                 f"must be below training.tokens={self.training.tokens}")
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per optimizer step."""
+        return self.training.batch_size * self.model.seq_len
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps: enough to see at least ``training.tokens`` tokens."""
+        return -(-self.training.tokens // self.batch_tokens)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain data: {section: {field: value}}."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_NAMES}
+
+    def flat(self) -> dict[str, Any]:
+        """Flat plain data: {"section.field": value}."""
+        return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
+
+    def identity(self) -> dict[str, dict[str, Any]]:
+        """The settings that change the run's result (what ``run_id`` hashes)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in SECTION_NAMES:
+            section = getattr(self, name)
+            out[name] = {f.name: getattr(section, f.name) for f in fields(section) if f.metadata["identity"]}
+        return out
+
+    @property
+    def run_id(self) -> str:
+        """A stable id: a hash of exactly the settings that change the result."""
+        return stable_hash(self.identity())
+
+    def replace(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
+        """A copy with dotted overrides such as {"optimizer.lr": 1e-3}, validated like a file."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in data or not name:
+                raise ConfigError(f"{where}: {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTION_NAMES)}")
+            data[section][name] = value
+        return RunConfig.from_dict(data, where)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        """Build and validate from {section: {field: value}}; missing sections and fields take defaults."""
+        unknown = sorted(set(data) - set(SECTION_NAMES))
+        if unknown:
+            raise ConfigError(f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}")
+        sections = {}
+        for name, section_type in SECTION_TYPES.items():
+            raw = data.get(name, {})
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table of settings, got {type(raw).__name__}")
+            sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
+        try:
+            return cls(**sections)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def section_from_dict(section_type: type, raw: dict[str, Any], where: str) -> Any:
+    """Build one section, coercing and checking each value against its field's type.
+
+    ``where`` prefixes errors, e.g. "sweeps/demo.toml: model"; an unknown key lists the valid ones.
+    """
+    hints = get_type_hints(section_type)
+    valid = [f.name for f in fields(section_type)]
+    values = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(valid)}")
+        values[key] = coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return section_type(**values)
+    except ConfigError as err:
+        # __post_init__ names "section.field"; keep the file part of `where`.
+        prefix = where.rsplit(": ", 1)[0] if ": " in where else ""
+        raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation; ints written as 1e6 become ints."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = get_args(annotation)
+        return [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (Union, types.UnionType):
+        raise TypeError(f"{where}: union settings are not supported")  # a programming error, not user input
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported setting type {annotation!r}")
+
+
+def stable_hash(data: Any, length: int = 16) -> str:
+    """Hex digest of canonical JSON: key order and int/float spelling of equal numbers do not matter."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def settings_table() -> list[tuple[str, str, Any, str, bool]]:
+    """(section, field, default, doc, identity) for every setting: the source of the README's table."""
+    rows = []
+    for name, section_type in SECTION_TYPES.items():
+        for f in fields(section_type):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"]))
+    return rows
