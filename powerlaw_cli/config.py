@@ -51,6 +51,8 @@ class ModelConfig:
     vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
     parametrization: Literal["mup", "sp"] = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
     base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
+    base_head_dim: int = setting(0, "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
+                                    "set it to head_dim when heads grow with width at a fixed head size)")
     init_std: float = setting(0.02, "init std of embeddings, readout and (at base width) hidden matrices")
     positions: Literal["rotary", "learned"] = setting("rotary", "rotary (RoPE, no parameters) or learned absolute positions")
 
@@ -59,13 +61,20 @@ class ModelConfig:
             _require(getattr(self, name) > 0, "model", name, "must be > 0")
         _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
         _require((self.width // self.n_heads) % 2 == 0, "model", "n_heads", "head_dim = width / n_heads must be even (rotary)")
-        _require(self.base_width % self.n_heads == 0, "model", "base_width", f"must be divisible by n_heads={self.n_heads}")
+        if self.base_head_dim == 0:
+            _require(self.base_width % self.n_heads == 0, "model", "base_width", f"must be divisible by n_heads={self.n_heads}")
+        _require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
         _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
         _require(self.init_std > 0, "model", "init_std", "must be > 0")
 
     @property
     def head_dim(self) -> int:
         return self.width // self.n_heads
+
+    @property
+    def base_head_dim_resolved(self) -> int:
+        """The base model's head_dim, relative to which muP scales attention scores."""
+        return self.base_head_dim or self.base_width // self.n_heads
 
     @property
     def width_multiplier(self) -> float:
@@ -351,3 +360,32 @@ def settings_table() -> list[tuple[str, str, Any, str, bool]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"]))
     return rows
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How a sweep runs: the ``[launch]`` section of a sweep file, every field overridable by ``plsweep launch``."""
+
+    partition: str = setting("", "Slurm partition (empty: the cluster's default)", identity=False)
+    account: str = setting("", "Slurm account", identity=False)
+    qos: str = setting("", "Slurm quality of service", identity=False)
+    time_minutes: int = setting(60, "time limit of one array task, minutes", identity=False)
+    gpus_per_task: int = setting(1, "GPUs per array task", identity=False)
+    cpus_per_task: int = setting(4, "CPUs per array task", identity=False)
+    mem_gb: float = setting(0.0, "memory per array task, GB (0: the cluster's default)", identity=False)
+    constraint: str = setting("", "Slurm --constraint (node features)", identity=False)
+    array_parallelism: int = setting(256, "array tasks of one array running at once", identity=False)
+    runs_per_task: int = setting(1, "runs packed into one array task, run one after another", identity=False)
+    sbatch_extra: list[str] = setting([], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False)
+    signal_seconds: int = setting(120, "seconds before the time limit at which workers checkpoint and requeue", identity=False)
+    share_trunks: bool = setting(True, "train WSD runs that differ only in tokens as one trunk with decay branches", identity=False)
+    workers: int = setting(0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False)
+
+    def __post_init__(self) -> None:
+        for name in ("time_minutes", "array_parallelism", "runs_per_task"):
+            _require(getattr(self, name) > 0, "launch", name, "must be > 0")
+        for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds"):
+            _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
+        _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
+        for line in self.sbatch_extra:
+            _require(line.startswith("--"), "launch", "sbatch_extra", f"{line!r} must be an option like --key=value")

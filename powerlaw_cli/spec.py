@@ -1,0 +1,232 @@
+"""Sweep files: load and validate a TOML spec, expand its grid into runs with stable ids.
+
+A sweep file is data (TOML, never executed)::
+
+    [sweep]                     name (default: the file's stem) and description
+    [model] ... [averaging]     the base settings of every run (the sections of config.py)
+    [grid]                      axes: any setting becomes a list or a range
+    optimizer.lr = { log = [1e-4, 1e-1], num = 13 }
+    training.batch_size = { pow2 = [16, 512] }
+    training.seed = [0, 1]
+    [[grid.zip]]                settings that move together (equal-length lists)
+    model.width = [64, 128, 256]
+    model.n_heads = [1, 2, 4]
+    [launch]                    cluster defaults (config.LaunchConfig)
+
+Runs are the product of all axes (each zip group is one axis). A wsd_s run whose tokens are not an
+axis expands to one run per decay point. Relative data paths are resolved against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    SECTION_NAMES,
+    SECTION_TYPES,
+    ConfigError,
+    LaunchConfig,
+    RunConfig,
+    section_from_dict,
+    stable_hash,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch")
+RANGE_FORMS = "a list, {log = [lo, hi], num = N}, {lin = [lo, hi], num = N}, {pow2 = [lo, hi]} or {start = x, ratio = r, num = N}"
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: its runs (unique by run_id, in grid order) and launch defaults."""
+
+    name: str
+    path: Path
+    text: str
+    description: str
+    runs: list[RunConfig]
+    launch: LaunchConfig
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    duplicates: int = 0
+
+    @property
+    def sweep_hash(self) -> str:
+        """The sweep's identity: its name and the set of its runs (not their order, not [launch])."""
+        return stable_hash({"name": self.name, "runs": sorted(run.run_id for run in self.runs)})
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read, validate and expand a sweep file; every error is one line naming the file and setting."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the sweep file ({err.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    return parse_sweep(data, path, text)
+
+
+def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
+    """Validate the parsed TOML of a sweep file and expand it."""
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section [{unknown[0]}]; valid sections: {', '.join(TOP_LEVEL)}")
+    header = data.get("sweep", {})
+    extra = sorted(set(header) - {"name", "description"})
+    if extra:
+        raise ConfigError(f"{path}: sweep.{extra[0]}: unknown setting; valid: name, description")
+    name = str(header.get("name", path.stem))
+    if not name or "/" in name:
+        raise ConfigError(f"{path}: sweep.name: {name!r} must be a non-empty name without '/'")
+    base = {section: dict(data.get(section, {})) for section in SECTION_NAMES}
+    for section, section_type in SECTION_TYPES.items():  # base errors name the file, not a grid point
+        section_from_dict(section_type, base[section], f"{path}: {section}")
+    launch = section_from_dict(LaunchConfig, data.get("launch", {}), f"{path}: launch")
+    axes = parse_grid(data.get("grid", {}), path)
+    runs, duplicates = expand(base, axes, path)
+    flat_axes = {key: values for group in axes for key, values in group.items()}
+    return Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
+
+
+def _resolve_data_path(data: dict[str, dict[str, Any]], spec_path: Path) -> dict[str, dict[str, Any]]:
+    """A relative data.path is relative to the spec file's folder; workers get it absolute."""
+    path = data["data"].get("path")
+    if isinstance(path, str) and path:
+        data = {**data, "data": {**data["data"], "path": str((spec_path.parent / Path(path).expanduser()).resolve())}}
+    return data
+
+
+def parse_grid(grid: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
+    """Grid axes as groups: one group per ordinary axis, one per [[grid.zip]] entry."""
+    groups: list[dict[str, list[Any]]] = []
+    for section, entries in grid.items():
+        if section == "zip":
+            groups.extend(_parse_zip(entries, path))
+            continue
+        if section not in SECTION_NAMES or not isinstance(entries, dict):
+            raise ConfigError(f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
+                              f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]")
+        for name, axis in entries.items():
+            key = f"{section}.{name}"
+            groups.append({key: axis_values(axis, f"{path}: grid.{key}")})
+    return groups
+
+
+def _parse_zip(entries: Any, path: Path) -> list[dict[str, list[Any]]]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: grid.zip: write zipped axes as [[grid.zip]] tables")
+    groups = []
+    for i, entry in enumerate(entries):
+        group: dict[str, list[Any]] = {}
+        for section, fields in entry.items():
+            if section not in SECTION_NAMES or not isinstance(fields, dict):
+                raise ConfigError(f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
+                                  f"{', '.join(SECTION_NAMES)}")
+            for name, axis in fields.items():
+                group[f"{section}.{name}"] = axis_values(axis, f"{path}: grid.zip[{i}].{section}.{name}")
+        lengths = {key: len(values) for key, values in group.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"{path}: grid.zip[{i}]: zipped axes need equal lengths, got {lengths}")
+        if group:
+            groups.append(group)
+    return groups
+
+
+def axis_values(axis: Any, where: str) -> list[Any]:
+    """The values of one grid axis: a list, or a range table (see RANGE_FORMS)."""
+    if isinstance(axis, list):
+        if not axis:
+            raise ConfigError(f"{where}: an axis needs at least one value")
+        return axis
+    if not isinstance(axis, dict):
+        raise ConfigError(f"{where}: expected {RANGE_FORMS}; got {axis!r}")
+    keys = set(axis)
+    try:
+        if keys == {"log", "num"} or keys == {"lin", "num"}:
+            lo, hi = _pair(axis["log"] if "log" in axis else axis["lin"], where)
+            num = _count(axis["num"], where)
+            if "log" in axis:
+                if lo <= 0 or hi <= 0:
+                    raise ConfigError(f"{where}: log range bounds must be > 0")
+                return [_round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / max(num - 1, 1))) for i in range(num)]
+            return [_round(lo + (hi - lo) * i / max(num - 1, 1)) for i in range(num)]
+        if keys == {"pow2"}:
+            lo, hi = _pair(axis["pow2"], where)
+            if lo <= 0 or hi < lo or not (math.log2(lo).is_integer() and math.log2(hi).is_integer()):
+                raise ConfigError(f"{where}: pow2 = [lo, hi] needs powers of two with lo <= hi")
+            return [2 ** k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
+        if keys == {"start", "ratio", "num"}:
+            start, ratio, num = float(axis["start"]), float(axis["ratio"]), _count(axis["num"], where)
+            if start <= 0 or ratio <= 0:
+                raise ConfigError(f"{where}: start and ratio must be > 0")
+            return [_round(start * ratio**i) for i in range(num)]
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where}: expected {RANGE_FORMS}; got {axis!r}") from None
+    raise ConfigError(f"{where}: expected {RANGE_FORMS}; got {axis!r}")
+
+
+def _pair(value: Any, where: str) -> tuple[float, float]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ConfigError(f"{where}: a range needs [lo, hi], got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _count(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}: num must be a positive integer, got {value!r}")
+    return value
+
+
+def _round(value: float) -> float:
+    """12 significant digits: a range gives the same numbers however it is spelled (1e-3 == 0.001)."""
+    return float(f"{value:.12g}")
+
+
+def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], path: Path) -> tuple[list[RunConfig], int]:
+    """The product of all axis groups applied to the base settings; unique runs in grid order."""
+    runs: dict[str, RunConfig] = {}
+    duplicates = 0
+    tokens_on_grid = any("training.tokens" in group for group in axes)
+    choices = [[dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)] for group in axes]
+    for combination in itertools.product(*choices):
+        overrides = {key: value for part in combination for key, value in part.items()}
+        for config in _configs_at(base, overrides, tokens_on_grid, path):
+            if config.run_id in runs:
+                duplicates += 1
+            else:
+                runs[config.run_id] = config
+    return list(runs.values()), duplicates
+
+
+def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, path: Path) -> list[RunConfig]:
+    data = {section: dict(values) for section, values in base.items()}
+    for key, value in overrides.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
+    data = _resolve_data_path(data, path)
+    where = f"{path}: grid point {_describe(overrides)}" if overrides else str(path)
+    schedule = data["schedule"]
+    if schedule.get("name") == "wsd_s" and not tokens_on_grid:
+        points = schedule.get("decay_points", [])
+        if not isinstance(points, list) or not points:
+            raise ConfigError(f"{path}: schedule.decay_points: wsd_s needs a list of token budgets")
+        return [RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where) for p in points]
+    return [RunConfig.from_dict(data, where)]
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in overrides.items())

@@ -1,0 +1,92 @@
+"""What runs inside one array task (Slurm) or one local process: the chains of one task of a launch.
+
+Workers receive paths and numbers, never objects: (sweep directory, launch number, task index). They
+read the task's run ids and the runs' settings from the sweep directory, skip runs already recorded,
+and write one record per run. Signals are turned into step-boundary requests: SIGTERM (scancel,
+``scontrol requeue``, preemption) saves a checkpoint and stops; submitit's timeout signal (USR2) saves
+a checkpoint and then lets submitit requeue the job, whose next start resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from .chains import ChainRunner, plan_chains
+from .config import RunConfig
+from .store import RecordProblem, SweepDir
+from .train import Control, StopRequested
+
+
+def manifest_configs(sweep: SweepDir) -> dict[str, RunConfig]:
+    """Every run's settings, from the manifest's config column."""
+    table = sweep.manifest().select(["run_id", "config"]).to_pylist()
+    return {row["run_id"]: RunConfig.from_dict(json.loads(row["config"]), f"{sweep.manifest_path}") for row in table}
+
+
+def is_result(sweep: SweepDir, sweep_hash: str, run_id: str) -> bool:
+    """True when a trusted record says the run finished (ok or diverged; failed runs are redone)."""
+    path = sweep.record_path(run_id)
+    if not path.exists():
+        return False
+    record = sweep.read_record(path, sweep_hash)
+    return not isinstance(record, RecordProblem) and record["status"] != "failed"
+
+
+def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | None = None) -> dict[str, Any]:
+    """Train every run of one task; returns {status: count} of the runs it recorded."""
+    sweep = SweepDir(Path(sweep_dir))
+    info = sweep.info()
+    configs = manifest_configs(sweep)
+    runs = [configs[run_id] for run_id in sweep.task_run_ids(launch, task)]
+    control = control or Control()
+    extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
+    counts: dict[str, int] = {}
+
+    def on_result(record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+        sweep.write_result(record, curve)
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+        print(f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",
+              flush=True)
+
+    for chain in plan_chains(runs, share_trunks=_share_trunks(sweep, launch)):
+        control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
+        ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result,
+                    lambda run_id: is_result(sweep, info["sweep_hash"], run_id), control, extra).run()
+    return counts
+
+
+def _share_trunks(sweep: SweepDir, launch: int) -> bool:
+    for entry in sweep.launches():
+        if entry["launch"] == launch:
+            return bool(entry.get("share_trunks", True))
+    return True
+
+
+class SlurmTask(submitit.helpers.Checkpointable):
+    """The submitit callable of an array task. On requeue it is called again with the same arguments."""
+
+    def __call__(self, sweep_dir: str, launch: int, task: int) -> dict[str, Any]:
+        print(f"plsweep code: {Path(__file__).resolve().parent}", flush=True)
+        control = Control()
+        requeue_handler = signal.getsignal(signal.SIGUSR2)
+        reason: dict[str, int] = {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            reason["signal"] = signum
+            control.stop_after_save = True
+
+        signal.signal(signal.SIGUSR2, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            return run_task(sweep_dir, launch, task, control)
+        except StopRequested:
+            if reason.get("signal") == signal.SIGUSR2 and callable(requeue_handler):
+                requeue_handler(signal.SIGUSR2, None)  # submitit: checkpoint() and scontrol requeue, then exit
+            print(f"stopped by signal {reason.get('signal')} after saving a checkpoint", flush=True)
+            sys.exit(128 + reason.get("signal", signal.SIGTERM))
