@@ -490,3 +490,50 @@ def export(
     for warning in rec["warnings"]:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     err_console.print(f"schedule plot: {png}" + (f"; recommendation: {out}" if out else ""))
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+@app.command()
+@user_errors
+def demo(
+    quick: Annotated[bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")] = False,
+    spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
+    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
+    workers: Annotated[int, typer.Option(help="runs at once (0: one per CPU core)")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the fit")] = 1000,
+) -> None:
+    """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
+    from .demo import demo_spec, run_demo
+    from .fit import summary_tables
+    from .spec import load_sweep
+
+    spec = spec or demo_spec(quick)
+    name = load_sweep(spec).name
+    out = out or Path("results") / name
+    with sweep_progress(True, f"sweep {name}") as on_progress:
+        result = run_demo(spec, out, workers, bootstrap, on_progress=on_progress)
+    launched = result.launched
+    console.print(f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
+                  f"were already recorded; collected {result.collected.runs}")
+    if result.fit_json is None:
+        err_console.print(f"[red]fit failed:[/red] {result.fit_error}")
+        raise typer.Exit(1)
+    from .fit import read_fit
+
+    console.print(rows_table("fitted laws (intervals: bootstrap over cells)", summary_tables(read_fit(result.fit_json))["laws"]))
+    rec = result.recommendation
+    if rec is None:
+        err_console.print(f"[red]export failed:[/red] {result.fit_error}")
+        raise typer.Exit(1)
+    c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
+    console.print(f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
+                  f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
+                  f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}")
+    console.print(f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
+                  f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]")
+    for warning in rec["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    console.print(f"fit: {result.fit_json}")
+    for path in [*result.figures, result.schedule_png]:
+        console.print(f"figure: {path}")

@@ -295,6 +295,17 @@ def section_from_dict(section_type: type, raw: dict[str, Any], where: str) -> An
 
     ``where`` prefixes errors, e.g. "sweeps/demo.toml: model"; an unknown key lists the valid ones.
     """
+    values = coerce_section(section_type, raw, where)
+    try:
+        return section_type(**values)
+    except ConfigError as err:
+        # __post_init__ names "section.field"; keep the file part of `where`.
+        prefix = where.rsplit(": ", 1)[0] if ": " in where else ""
+        raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
+
+
+def coerce_section(section_type: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check the names and types of a section's values (no cross-field checks) and coerce them."""
     hints = get_type_hints(section_type)
     valid = [f.name for f in fields(section_type)]
     values = {}
@@ -302,12 +313,7 @@ def section_from_dict(section_type: type, raw: dict[str, Any], where: str) -> An
         if key not in hints:
             raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(valid)}")
         values[key] = coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return section_type(**values)
-    except ConfigError as err:
-        # __post_init__ names "section.field"; keep the file part of `where`.
-        prefix = where.rsplit(": ", 1)[0] if ": " in where else ""
-        raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
+    return values
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -42,6 +42,10 @@ def export(fit: dict, batch_size: int, tokens: float, seq_len: int | None = None
     """The recommendation for a target run of ``tokens`` tokens at ``batch_size`` sequences (JSON-ready)."""
     power = _power_law(fit, law)
     a, b = power["a"], power["exponents"]["tokens"]
+    if b["value"] >= 0:
+        raise FitError(f"law {law!r}: fitted token exponent b = {b['value']:.3g} [{b['low']:.3g}, {b['high']:.3g}] is not "
+                       "negative (lr_opt does not fall with tokens), so there is no Power schedule to export; "
+                       "widen the token budgets or add seeds")
     warmup = round(warmup_fraction * tokens) if warmup_tokens is None else warmup_tokens
     schedule = PowerSchedule(lr_max, a["value"], b["value"], batch_size, tokens, warmup,
                              round(decay_fraction * tokens), decay_shape, final_ratio)

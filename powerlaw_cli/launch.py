@@ -9,6 +9,8 @@ On Slurm, tasks go out as arrays of at most MaxArraySize tasks (indices restarti
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -80,15 +82,31 @@ def task_is_live(entry: dict[str, Any], index: int, states: dict[str, str]) -> b
     """Is task ``index`` of this launch queued or running?"""
     if entry["executor"] == "slurm":
         return states.get(entry["task_jobs"][index], "") in QUEUED_STATES | RUNNING_STATES
-    return entry.get("host") == socket.gethostname() and _pid_alive(entry.get("pid", -1))
+    return entry["executor"] == "local" and entry.get("host") == socket.gethostname() and _lock_held(entry["lock"])
 
 
-def _pid_alive(pid: int) -> bool:
+def _lock_held(path: str) -> bool:
+    """Is this lock file held by a running local launch? (The kernel drops the lock when it exits or dies.)"""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError, OverflowError):
+        handle = open(path)  # noqa: SIM115 - closed below, after the lock test
+    except FileNotFoundError:
         return False
-    return pid > 0
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+@contextlib.contextmanager
+def holding_lock(path: Path):
+    """Hold an exclusive lock on ``path`` for the duration of a local launch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool) -> list[list[str]]:
@@ -145,8 +163,10 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
         result.array_ids = entry["array_ids"]
         sweep_dir.append_launch(entry)
     elif executor == "local":
-        sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid()})
-        run_local(sweep_dir, number, tasks, options.workers, on_progress)
+        lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
+        with holding_lock(lock):
+            sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
+            run_local(sweep_dir, number, tasks, options.workers, on_progress)
     else:
         sweep_dir.append_launch(entry)
         run_debug(sweep_dir, number, len(tasks))

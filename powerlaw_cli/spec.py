@@ -32,9 +32,11 @@ from .config import (
     ConfigError,
     LaunchConfig,
     RunConfig,
+    coerce_section,
     section_from_dict,
     stable_hash,
 )
+from .schedules import build_schedule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,8 +93,8 @@ def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
     if not name or "/" in name:
         raise ConfigError(f"{path}: sweep.name: {name!r} must be a non-empty name without '/'")
     base = {section: dict(data.get(section, {})) for section in SECTION_NAMES}
-    for section, section_type in SECTION_TYPES.items():  # base errors name the file, not a grid point
-        section_from_dict(section_type, base[section], f"{path}: {section}")
+    for section, section_type in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
+        coerce_section(section_type, base[section], f"{path}: {section}")
     launch = section_from_dict(LaunchConfig, data.get("launch", {}), f"{path}: launch")
     axes = parse_grid(data.get("grid", {}), path)
     runs, duplicates = expand(base, axes, path)
@@ -224,8 +226,15 @@ def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, pat
         points = schedule.get("decay_points", [])
         if not isinstance(points, list) or not points:
             raise ConfigError(f"{path}: schedule.decay_points: wsd_s needs a list of token budgets")
-        return [RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where) for p in points]
-    return [RunConfig.from_dict(data, where)]
+        runs = [RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where) for p in points]
+    else:
+        runs = [RunConfig.from_dict(data, where)]
+    for run in runs:  # an impossible schedule fails here, before anything is submitted
+        try:
+            build_schedule(run.schedule, run.optimizer.lr, run.training.tokens, run.training.batch_size)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return runs
 
 
 def _describe(overrides: dict[str, Any]) -> str:

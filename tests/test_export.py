@@ -3,6 +3,7 @@ lm-engine's coding of the same schedule, the torch snippet, and warnings in ever
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -172,6 +173,10 @@ def test_export_refuses_what_it_cannot_do():
         render(export(fit, 64, 1e9), "lm-engine")
     with pytest.raises(FitError, match="unknown format 'toml'"):
         render(export(fit, 64, 1e9), "toml")
+    rising = copy.deepcopy(fit)
+    rising["laws"]["power"]["exponents"]["tokens"].update(value=0.07, low=-0.2, high=0.3)
+    with pytest.raises(FitError, match="b = 0.07 .* is not negative"):
+        export(rising, 64, 1e9)
     fit["laws"]["power"] = {"name": "power", "status": "failed", "error": "too few cells"}
     with pytest.raises(FitError, match="not fitted \\(too few cells\\)"):
         export(fit, 64, 1e9)

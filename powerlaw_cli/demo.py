@@ -1,0 +1,77 @@
+"""The whole job on one machine: launch a sweep locally, collect, fit, export for an example target.
+
+``plsweep demo`` runs ``sweeps/demo.toml`` (``--quick``: ``sweeps/demo-quick.toml``, a few runs) with
+the local executor. Interrupted and re-run, it skips the runs already recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .export import export, write_schedule_png
+from .fit import fit_sweep, load_runs, write_fit
+from .launch import LaunchResult, launch
+from .spec import load_sweep
+from .store import CollectReport, SweepDir, collect
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def demo_spec(quick: bool) -> Path:
+    """The demo's sweep file in this source tree."""
+    path = SWEEPS / ("demo-quick.toml" if quick else "demo.toml")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the demo sweep file is missing from this checkout")
+    return path
+
+
+@dataclass
+class DemoResult:
+    """Paths and numbers the demo prints."""
+
+    sweep_dir: Path
+    launched: LaunchResult
+    collected: CollectReport
+    fit_json: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+    fit_error: str = ""
+    recommendation: dict[str, Any] | None = None
+    schedule_png: Path | None = None
+
+
+def example_target(runs: list, scale: float = 10.0) -> tuple[int, int]:
+    """A larger run to recommend for: the sweep's largest batch, ``scale`` x its largest budget."""
+    return max(r.training.batch_size for r in runs), int(scale * max(r.training.tokens for r in runs))
+
+
+def run_demo(spec: Path, out: Path, workers: int = 0, bootstrap: int = 1000,
+             target: tuple[int, int] | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> DemoResult:
+    """Launch ``spec`` locally into ``out`` (skipping recorded runs), then collect, fit and export."""
+    from dataclasses import replace
+
+    from .fit import FitError
+    from .plots import fit_figures
+
+    sweep = load_sweep(spec)
+    options = replace(sweep.launch, workers=workers) if workers else sweep.launch
+    launched = launch(sweep, out, "local", options, on_progress=on_progress)
+    result = DemoResult(out, launched, collect(SweepDir(out)))
+    try:
+        fitted = fit_sweep(load_runs(out), n_boot=bootstrap).to_dict()
+    except FitError as err:
+        result.fit_error = str(err)
+        return result
+    result.fit_json = write_fit(fitted, out / "fit")
+    result.figures = fit_figures(fitted, out / "fit")
+    batch, tokens = target or example_target(sweep.runs)
+    seq_len = sweep.runs[0].model.seq_len
+    try:
+        result.recommendation = export(fitted, batch, tokens, seq_len)
+        result.schedule_png = write_schedule_png(result.recommendation, out / "fit" / "target_schedule.png")
+    except FitError as err:
+        result.fit_error = str(err)
+    return result

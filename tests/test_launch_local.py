@@ -1,0 +1,122 @@
+"""Launching on this machine: the workers cap, skipping finished runs, failures, retries, status counts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from powerlaw_cli.config import LaunchConfig
+from powerlaw_cli.launch import launch
+from powerlaw_cli.spec import load_sweep
+from powerlaw_cli.status import sweep_status
+from powerlaw_cli.store import SweepDir, SweepDirError
+
+SPEC = """
+[sweep]
+name = "{name}"
+[model]
+width = 32
+depth = 2
+n_heads = 2
+seq_len = 16
+base_width = 32
+[data]
+source = "tokens"
+val_tokens = 1024
+[schedule]
+name = "constant"
+[training]
+batch_size = 8
+tokens = {tokens}
+[grid]
+optimizer.lr = {lrs}
+data.path = {paths}
+"""
+
+
+def make_spec(tmp_path: Path, name: str = "local", tokens: int = 4096, lrs: str = "[1e-3, 3e-3, 1e-2]",
+              bad_path: bool = False) -> Path:
+    tokens_file = tmp_path / "train.bin"
+    if not tokens_file.exists():
+        np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(tokens_file)
+    paths = [str(tokens_file)] + ([str(tmp_path / "missing.bin")] if bad_path else [])
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(SPEC.format(name=name, tokens=tokens, lrs=lrs, paths=repr(paths).replace("'", '"')))
+    return spec
+
+
+def max_overlap(records: list[dict]) -> int:
+    """The largest number of runs whose [started_at, finished_at] intervals overlap."""
+    events = []
+    for r in records:
+        events += [(datetime.fromisoformat(r["started_at"]), 1), (datetime.fromisoformat(r["finished_at"]), -1)]
+    running = peak = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_executor_never_runs_more_than_workers_at_once(tmp_path, workers):
+    sweep = load_sweep(make_spec(tmp_path, tokens=16384, lrs="[1e-3, 2e-3, 4e-3, 8e-3]"))
+    result = launch(sweep, tmp_path / "out", "local", LaunchConfig(workers=workers))
+    records, _ = SweepDir(tmp_path / "out").records()
+    assert result.counts == {"ok": 4} and len(records) == 4
+    assert max_overlap(list(records.values())) == workers  # reaches the cap, never exceeds it
+
+
+def test_relaunch_skips_finished_runs_and_resubmits_lost_ones(tmp_path):
+    sweep = load_sweep(make_spec(tmp_path))
+    out = tmp_path / "out"
+    first = launch(sweep, out, "local", LaunchConfig(workers=2))
+    assert first.runs_launched == 3 and first.launch == 0
+    again = launch(sweep, out, "local", LaunchConfig(workers=2))
+    assert again.runs_launched == 0 and again.skipped_recorded == 3 and again.launch is None
+    sweep_dir = SweepDir(out)
+    lost = sweep_dir.record_files()[0]
+    lost.unlink()
+    assert sweep_status(sweep_dir).counts["lost"] == 1
+    third = launch(sweep, out, "local", LaunchConfig(workers=2))
+    assert third.runs_launched == 1 and third.launch == 1 and lost.exists()
+    assert sweep_status(sweep_dir).counts["finished"] == 3
+
+
+def test_a_failed_run_is_recorded_the_others_finish_and_retry_failed_reruns_it(tmp_path):
+    sweep = load_sweep(make_spec(tmp_path, bad_path=True))
+    out = tmp_path / "out"
+    result = launch(sweep, out, "local", LaunchConfig(workers=2))
+    assert result.counts == {"ok": 3, "failed": 3}
+    status = sweep_status(SweepDir(out))
+    assert status.counts["finished"] == 3 and status.counts["failed"] == 3
+    failure = status.failures[0]
+    assert "missing.bin" in failure.error and failure.log and Path(failure.log).exists()
+    assert any("missing.bin" in line for line in failure.log_tail)
+    assert launch(sweep, out, "local", LaunchConfig(workers=2)).runs_launched == 0  # failed runs have records
+    retried = launch(sweep, out, "local", LaunchConfig(workers=2), retry_failed=True)
+    assert retried.runs_launched == 3 and retried.counts == {"failed": 3}  # still missing: fails again, recorded
+
+
+def test_diverged_runs_are_results_not_failures(tmp_path):
+    sweep = load_sweep(make_spec(tmp_path, lrs="[1e-3, 1e4]"))
+    out = tmp_path / "out"
+    assert launch(sweep, out, "local", LaunchConfig(workers=2)).counts == {"ok": 1, "diverged": 1}
+    assert sweep_status(SweepDir(out)).counts["diverged"] == 1
+    assert launch(sweep, out, "local", LaunchConfig(workers=2), retry_failed=True).runs_launched == 0
+
+
+def test_a_different_spec_into_an_existing_sweep_directory_is_refused(tmp_path):
+    out = tmp_path / "out"
+    launch(load_sweep(make_spec(tmp_path, lrs="[1e-3]")), out, "local", LaunchConfig(workers=1))
+    changed = load_sweep(make_spec(tmp_path, lrs="[1e-3, 2e-3]"))
+    with pytest.raises(SweepDirError, match="holds sweep 'local'.*not this spec"):
+        launch(changed, out, "local", LaunchConfig(workers=1))
+
+
+def test_debug_executor_runs_in_process(tmp_path):
+    sweep = load_sweep(make_spec(tmp_path, lrs="[1e-3, 2e-3]"))
+    result = launch(sweep, tmp_path / "out", "debug", LaunchConfig(runs_per_task=2))
+    assert result.tasks == 1 and result.counts == {"ok": 2}
