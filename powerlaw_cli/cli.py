@@ -85,7 +85,7 @@ def _fmt(value: Any) -> str:
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path | None, typer.Argument(help="TOML file with [model] [data] ... sections")] = None,
+    config: Annotated[Path | None, typer.Argument(help="TOML file with model, data, optimizer, schedule, training and averaging sections")] = None,
     set_: SetOption = [],  # noqa: B006 - typer needs a literal default
     out: Annotated[Path | None, typer.Option(help="output folder (default: results/train/RUN_ID)")] = None,
     as_json: JsonOption = False,
@@ -125,7 +125,7 @@ def schedule(
     plot: Annotated[Path | None, typer.Option(help="write a PNG of the schedule here")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Print a table (or write a PNG) of any LR schedule. Fields of [schedule] go in --set, e.g. -s warmup_tokens=1e7."""
+    """Print a table (or write a PNG) of any LR schedule. Schedule settings go in --set, e.g. -s warmup_tokens=1e7."""
     from .schedules import build_schedule, sample
 
     fields = {"name": name, **parse_assignments(set_, "--set")}
@@ -217,7 +217,7 @@ LAUNCH_KEYS = ", ".join(f.name for f in __import__("dataclasses").fields(LaunchC
 @user_errors
 def plan(
     spec: Annotated[Path, typer.Argument(help="sweep file (TOML)")],
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"[launch] override KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
     throughput: Annotated[float, typer.Option(help="sustained training FLOP/s per GPU, for GPU-hours")] = 1e14,
     max_array_size: Annotated[int | None, typer.Option(help="default: the cluster's MaxArraySize (1001 if unknown)")] = None,
     head: Annotated[int, typer.Option(help="how many runs to list")] = 10,
@@ -262,7 +262,7 @@ def launch(
     out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
     workers: Annotated[int | None, typer.Option(help="local: runs at once (default: one per GPU, else CPU cores)")] = None,
     retry_failed: Annotated[bool, typer.Option(help="also rerun failed runs (diverged runs are results)")] = False,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"[launch] override KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
     as_json: JsonOption = False,
 ) -> None:
     """Launch a sweep: runs without a record (and not queued) are submitted; finished ones are skipped."""
@@ -474,14 +474,13 @@ def export(
 ) -> None:
     """Power-scheduler constants and recommended peak LR and batch size for a target run."""
     from . import export as exporting
-    from .fit import read_fit
+    from .fit import find_fit, read_fit
 
     data = read_fit(fit_path)
     rec = exporting.export(data, batch_size, tokens, seq_len, law=law, lr_max=lr_max, warmup_fraction=warmup_fraction,
                            decay_fraction=decay_fraction, decay_shape=decay_shape)
     text = exporting.render(rec, format_)
-    fit_dir = fit_path if fit_path.is_dir() else fit_path.parent
-    png = exporting.write_schedule_png(rec, plot or fit_dir / f"schedule_B{batch_size}_T{tokens:.3g}.png")
+    png = exporting.write_schedule_png(rec, plot or find_fit(fit_path).parent / f"schedule_B{batch_size}_T{tokens:.3g}.png")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -344,13 +344,22 @@ def write_fit(result: FitResult | dict, out_dir: str | Path) -> Path:
     return path
 
 
-def read_fit(path: str | Path) -> dict:
-    """Read ``fit.json`` (or ``DIR/fit/fit.json``, ``DIR/fit.json`` given a directory)."""
+def find_fit(path: str | Path) -> Path:
+    """The ``fit.json`` that ``path`` names: the file itself, or ``DIR/fit.json``, or ``DIR/fit/fit.json``."""
     path = Path(path)
     for candidate in (path, path / "fit.json", path / "fit" / "fit.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            return candidate
     raise FitError(f"{path}: no fit.json; run `plsweep fit` first")
+
+
+def read_fit(path: str | Path) -> dict:
+    """Read the ``fit.json`` that ``path`` names (see ``find_fit``)."""
+    found = find_fit(path)
+    try:
+        return json.loads(found.read_text())
+    except json.JSONDecodeError as err:
+        raise FitError(f"{found}: not a valid fit.json ({err})") from None
 
 
 def predict(fit: FitResult | dict, values: dict[str, float] | None = None, law: str = "power",

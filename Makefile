@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` (the whole job on this machine) and `make test`.
+# Both create ./.venv on first use: torch pinned to the CPU build 2.13.0 first (a GPU user installs their
+# own build into the venv beforehand; pyproject only asks for a range), then this package with its test extra.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test slurm-packages
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/plsweep demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Debian packages of the one-node Slurm cluster the Slurm tests start (root only; without them those tests skip).
+slurm-packages:
+	scripts/install-slurm-packages.sh

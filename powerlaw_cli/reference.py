@@ -1,0 +1,89 @@
+"""The README's reference tables, generated from the code that defines them.
+
+The settings come from ``config`` (each field's own doc), the result columns from ``schema``. In the
+README each table sits between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers;
+``python -m powerlaw_cli.reference README.md`` rewrites them, ``--check`` fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import LaunchConfig, settings_table
+from .schema import CURVE_COLUMNS, RUN_COLUMNS
+
+
+def _toml(value: object) -> str:
+    """A default as it is written in a TOML file."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def settings_markdown() -> str:
+    """Every run setting: section.field, default, meaning, and whether it is part of the run id."""
+    lines = ["| setting | default | meaning | in run id |", "|---|---|---|---|"]
+    for section, name, default, doc, identity in settings_table():
+        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {_cell(doc)} | {'yes' if identity else 'no'} |")
+    return "\n".join(lines)
+
+
+def launch_markdown() -> str:
+    """The ``[launch]`` section: every field, its default and meaning."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for f in fields(LaunchConfig):
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        lines.append(f"| `{f.name}` | `{_toml(default)}` | {_cell(f.metadata['doc'])} |")
+    return "\n".join(lines)
+
+
+def columns_markdown(columns: list) -> str:
+    """A schema as a table of column, Arrow type and meaning."""
+    lines = ["| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | {dtype} | {_cell(doc)} |" for name, dtype, doc in columns]
+    return "\n".join(lines)
+
+
+def tables() -> dict[str, str]:
+    """Marker name -> generated markdown."""
+    return {"settings": settings_markdown(), "launch-settings": launch_markdown(),
+            "runs-schema": columns_markdown(RUN_COLUMNS), "curves-schema": columns_markdown(CURVE_COLUMNS)}
+
+
+def refreshed(text: str) -> str:
+    """``text`` with every marked table replaced by its generated version."""
+    for name, table in tables().items():
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"no <!-- {name}:begin --> ... <!-- {name}:end --> markers")
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    """``python -m powerlaw_cli.reference README.md [--check]``."""
+    path = Path(argv[0])
+    text = path.read_text()
+    new = refreshed(text)
+    if "--check" in argv[1:]:
+        if new != text:
+            print(f"{path}: reference tables are stale; run python -m powerlaw_cli.reference {path}")
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
