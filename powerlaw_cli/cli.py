@@ -88,6 +88,7 @@ def train(
     config: Annotated[Path | None, typer.Argument(help="TOML file with model, data, optimizer, schedule, training and averaging sections")] = None,
     set_: SetOption = [],  # noqa: B006 - typer needs a literal default
     out: Annotated[Path | None, typer.Option(help="output folder (default: results/train/RUN_ID)")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train one proxy run; write record.json and curve.parquet (resumes from OUT/checkpoint.pt)."""
@@ -100,7 +101,8 @@ def train(
             data = tomllib.loads(config.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{config}: invalid TOML: {err}") from None
-    run = RunConfig.from_dict(data, str(config or "defaults")).replace(parse_assignments(set_, "--set"), "--set")
+    overrides = parse_assignments(set_, "--set") | ({"training.compile": True} if compile_ else {})
+    run = RunConfig.from_dict(data, str(config or "defaults")).replace(overrides, "--set")
     out = out or Path("results") / "train" / run.run_id
     record = train_standalone(run, out)
     if as_json:
@@ -504,35 +506,53 @@ def demo(
 ) -> None:
     """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
     from .demo import demo_spec, run_demo
-    from .fit import summary_tables
     from .spec import load_sweep
 
     spec = spec or demo_spec(quick)
     name = load_sweep(spec).name
     out = out or Path("results") / name
+    started = time.monotonic()
     with sweep_progress(True, f"sweep {name}") as on_progress:
         result = run_demo(spec, out, workers, bootstrap, on_progress=on_progress)
     launched = result.launched
     console.print(f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
                   f"were already recorded; collected {result.collected.runs}")
-    if result.fit_json is None:
-        err_console.print(f"[red]fit failed:[/red] {result.fit_error}")
-        raise typer.Exit(1)
-    from .fit import read_fit
+    print_demo(result)
+    console.print(f"demo finished in {time.monotonic() - started:.0f} s")
 
-    console.print(rows_table("fitted laws (intervals: bootstrap over cells)", summary_tables(read_fit(result.fit_json))["laws"]))
+
+def print_demo(result) -> None:
+    """The demo's findings: laws, Power constants, the example target, paths. A sweep that supports no
+    law or no Power schedule is a finding too: it is said in yellow, and the command still succeeds."""
+    from .demo import PAPER_LAW
+    from .fit import read_fit, summary_tables
+
+    if result.fit_json is None:
+        console.print(f"[yellow]no fitted law:[/yellow] {result.fit_error}", highlight=False)
+        return
+    fit = read_fit(result.fit_json)
+    n = fit["n_cells"]
+    console.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
+    rows = summary_tables(fit)["laws"]
+    keep = ("law", "a", "e_batch_size", "e_tokens", "r2", "n")
+    console.print(rows_table("fitted laws (95% intervals: bootstrap over cells)",
+                             [{k: row.get(k, "") for k in keep} for row in rows if row["status"] == "fitted"]))
+    for law in fit["laws"].values():
+        if law["status"] != "fitted":
+            console.print(f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False)
+    console.print(f"paper (Shen et al. 2024, tokens and sequences of 4096): {PAPER_LAW}", highlight=False)
     rec = result.recommendation
     if rec is None:
-        err_console.print(f"[red]export failed:[/red] {result.fit_error}")
-        raise typer.Exit(1)
-    c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
-    console.print(f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
-                  f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
-                  f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}")
-    console.print(f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
-                  f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]")
-    for warning in rec["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]no Power schedule to export:[/yellow] {result.fit_error}", highlight=False)
+    else:
+        c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
+        console.print(f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
+                      f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
+                      f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}")
+        console.print(f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
+                      f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]")
+        for warning in rec["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     console.print(f"fit: {result.fit_json}")
-    for path in [*result.figures, result.schedule_png]:
+    for path in [*result.figures, *([result.schedule_png] if result.schedule_png else [])]:
         console.print(f"figure: {path}")

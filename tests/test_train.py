@@ -180,3 +180,16 @@ def test_a_diverged_trunk_diverges_every_later_branch():
     records = run_chain(runs)
     assert {r["status"] for r in records.values()} == {"diverged"}
     assert len({r["diverged_at_tokens"] for r in records.values()}) == 1
+
+
+def test_compile_wraps_the_model_and_keeps_the_run_id():
+    import torch
+
+    from powerlaw_cli.data import load_source
+    from powerlaw_cli.train import Trajectory
+
+    eager, compiled = tiny(), tiny(training__compile=True)
+    assert eager.run_id == compiled.run_id  # compilation changes speed, not the result
+    trajectory = Trajectory(compiled, load_source(compiled.data, compiled.model.vocab_size, compiled.model.seq_len), lambda t: 1e-3, torch.device("cpu"))
+    assert isinstance(trajectory.forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert trajectory.forward._orig_mod is trajectory.model
