@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from .chains import plan_chains
 from .config import LaunchConfig, RunConfig
-from .slurm import QUEUED_STATES, RUNNING_STATES, job_states, max_array_size
+from .slurm import QUEUED_STATES, RUNNING_STATES, SubmitError, job_states, max_array_size
 from .spec import Sweep
 from .store import SweepDir
 
@@ -122,13 +122,14 @@ def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool) ->
 
 
 def snapshot_code(sweep_dir: SweepDir) -> Path:
-    """Copy this package into the sweep directory (named by a hash of its sources) for workers to import."""
+    """Copy this package into the sweep directory (named by a hash of its sources) for workers to import;
+    returns the snapshot's absolute folder (the parent of its ``powerlaw_cli``)."""
     package = Path(__file__).resolve().parent
     sources = sorted(package.rglob("*.py"))
     digest = hashlib.sha256()
     for path in sources:
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    root = sweep_dir.root / "code" / digest.hexdigest()[:12]
+    root = sweep_dir.root.resolve() / "code" / digest.hexdigest()[:12]
     if not (root / "powerlaw_cli").exists():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
         shutil.copytree(package, tmp / "powerlaw_cli", ignore=shutil.ignore_patterns("__pycache__"))
@@ -159,9 +160,16 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
     entry = {"launch": number, "executor": executor, "submitted_at": datetime.now().astimezone().isoformat(),
              "share_trunks": options.share_trunks, "runs": len(todo)}
     if executor == "slurm":
-        entry.update(submit_slurm(sweep_dir, number, len(tasks), options, sweep.name))
-        result.array_ids = entry["array_ids"]
-        sweep_dir.append_launch(entry)
+        submission, error = submit_slurm(sweep_dir, number, len(tasks), options, sweep.name)
+        submitted = len(submission["task_jobs"])
+        if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
+            sweep_dir.write_tasks(number, tasks[:submitted])
+        if submitted:
+            sweep_dir.append_launch(entry | submission | {"runs": sum(len(t) for t in tasks[:submitted])})
+        if error:
+            raise SubmitError(f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
+                              f"(those are recorded; launch again to submit the rest): {error}")
+        result.array_ids = submission["array_ids"]
     elif executor == "local":
         lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
         with holding_lock(lock):
@@ -186,7 +194,12 @@ def _counts_of(sweep_dir: SweepDir, run_ids: list[str]) -> dict[str, int]:
 # --- Slurm ------------------------------------------------------------------------------------
 
 def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters for one array task of a sweep."""
+    """submitit SlurmExecutor parameters for one array task of a sweep.
+
+    Tasks start in the code snapshot's folder: submitit runs ``python -m``, which puts the working
+    directory ahead of PYTHONPATH on sys.path, so started elsewhere (say, in a checkout of this
+    package) a task would import that code instead of the snapshot.
+    """
     params: dict[str, Any] = {
         "job_name": f"plsweep-{name}",
         "time": options.time_minutes,
@@ -194,7 +207,7 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
         "array_parallelism": options.array_parallelism,
         "signal_delay_s": options.signal_seconds,
         "setup": [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"],
-        "stderr_to_stdout": False,
+        "stderr_to_stdout": True,  # one log per task, as on the local executor: progress, failures, tracebacks
     }
     if options.gpus_per_task:
         params["gpus_per_task"] = options.gpus_per_task
@@ -203,33 +216,44 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
             params[key] = getattr(options, key)
     if options.mem_gb:
         params["mem"] = f"{int(options.mem_gb * 1024)}M"
-    extra = {}
+    extra: dict[str, Any] = {"chdir": str(code)}
     for line in options.sbatch_extra:
         key, _, value = line[2:].partition("=")
         extra[key] = value if value else True
-    if extra:
-        params["additional_parameters"] = extra
+    params["additional_parameters"] = extra
     return params
 
 
-def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str) -> dict[str, Any]:
-    """Submit ``n_tasks`` tasks as job arrays of at most MaxArraySize; returns job ids per task."""
+def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig,
+                 name: str) -> tuple[dict[str, Any], str]:
+    """Submit ``n_tasks`` tasks as job arrays of at most MaxArraySize.
+
+    Returns the job ids per task of the arrays that went out, and the sbatch error that stopped the
+    submission ("" when every array went out): arrays submitted before a failure are never forgotten.
+    """
     import submitit
+    from submitit.core.utils import FailedJobError
 
     from .worker import SlurmTask
 
     code = snapshot_code(sweep_dir)
+    root = str(sweep_dir.root.resolve())  # tasks do not start in this process's working directory
     limit = max_array_size()
     executor = submitit.SlurmExecutor(folder=sweep_dir.jobs_dir / "%j", max_num_timeout=1000)
     executor.update_parameters(**slurm_parameters(options, name, code))
     task_jobs: list[str] = []
     array_ids: list[str] = []
+    error = ""
     for start in range(0, n_tasks, limit):
         indices = list(range(start, min(start + limit, n_tasks)))
-        jobs = executor.map_array(SlurmTask(), [str(sweep_dir.root)] * len(indices), [launch_number] * len(indices), indices)
+        try:
+            jobs = executor.map_array(SlurmTask(), [root] * len(indices), [launch_number] * len(indices), indices)
+        except FailedJobError as err:
+            error = " ".join(str(err).split())
+            break
         task_jobs.extend(job.job_id for job in jobs)
         array_ids.append(jobs[0].job_id.split("_")[0])
-    return {"task_jobs": task_jobs, "array_ids": array_ids, "max_array_size": limit, "code": str(code)}
+    return {"task_jobs": task_jobs, "array_ids": array_ids, "max_array_size": limit, "code": str(code)}, error
 
 
 # --- local and debug ----------------------------------------------------------------------------

@@ -12,6 +12,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+
+class SubmitError(RuntimeError):
+    """sbatch refused a submission (the arrays submitted before it are recorded)."""
+
+
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default, used when the controller cannot be asked
 
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}

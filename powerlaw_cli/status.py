@@ -1,7 +1,8 @@
 """Where every run of a sweep stands: finished, diverged, failed, running, pending or lost.
 
 A run's state comes from its record when it has a trusted one; otherwise from the scheduler's state of
-the task that last took it (one batched query for the whole sweep), or from a live local launch.
+the task that last took it (one batched query for the whole sweep), or from a live local launch. A
+failed run that a later launch retries is pending or running until its new record replaces the old.
 Lost means neither recorded nor queued: the next ``launch`` resubmits it.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from .launch import task_is_live
@@ -63,11 +65,11 @@ def _task_index(sweep_dir: SweepDir) -> dict[str, tuple[dict, int]]:
 
 
 def task_log(sweep_dir: SweepDir, entry: dict, index: int) -> Path | None:
-    """The log file of a task (submitit's stderr on Slurm, the local executor's log)."""
+    """The log file of a task (submitit's on Slurm, the local executor's), with its stdout and stderr."""
     if entry["executor"] == "slurm":
         from submitit.core.utils import JobPaths
 
-        return JobPaths(sweep_dir.jobs_dir / "%j", job_id=entry["task_jobs"][index], task_id=0).stderr
+        return JobPaths(sweep_dir.jobs_dir / "%j", job_id=entry["task_jobs"][index], task_id=0).stdout
     if entry["executor"] == "local":
         return sweep_dir.jobs_dir / "local" / f"launch-{entry['launch']}-task-{index}.log"
     return None
@@ -103,9 +105,24 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
 
 def _state_of(run_id: str, record: dict | None, entry: dict | None, index: int,
               states: dict[str, str]) -> tuple[str, str]:
-    if record is not None:
-        status = record["status"]
-        return ("finished" if status == "ok" else status), record.get("error") or ""
+    if record is None:
+        return _task_state(entry, index, states)
+    if record["status"] == "failed" and _retried(record, entry):
+        state, _ = _task_state(entry, index, states)
+        if state in ("pending", "running"):
+            return state, ""
+    return ("finished" if record["status"] == "ok" else record["status"]), record.get("error") or ""
+
+
+def _retried(record: dict, entry: dict | None) -> bool:
+    """Was the run taken by a launch submitted after its record was written (``--retry-failed``)?"""
+    if entry is None or not record.get("finished_at"):
+        return False
+    return datetime.fromisoformat(record["finished_at"]) < datetime.fromisoformat(entry["submitted_at"])
+
+
+def _task_state(entry: dict | None, index: int, states: dict[str, str]) -> tuple[str, str]:
+    """A run's state from the task that last took it: pending, running, failed (ended first) or lost."""
     if entry is None:
         return "lost", ""
     if entry["executor"] == "slurm":

@@ -10,12 +10,14 @@ a checkpoint and then lets submitit requeue the job, whose next start resumes fr
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
 
 from .chains import ChainRunner, plan_chains
 from .config import RunConfig
@@ -69,10 +71,16 @@ def _share_trunks(sweep: SweepDir, launch: int) -> bool:
 
 
 class SlurmTask(submitit.helpers.Checkpointable):
-    """The submitit callable of an array task. On requeue it is called again with the same arguments."""
+    """The submitit callable of an array task. On requeue it is called again with the same arguments.
+
+    It logs the path of the code it runs (the sweep's snapshot) and trains with as many threads as
+    the task has CPUs (``--cpus-per-task``).
+    """
 
     def __call__(self, sweep_dir: str, launch: int, task: int) -> dict[str, Any]:
         print(f"plsweep code: {Path(__file__).resolve().parent}", flush=True)
+        if os.environ.get("SLURM_CPUS_PER_TASK"):  # unbound, torch would use every core of the node
+            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         control = Control()
         requeue_handler = signal.getsignal(signal.SIGUSR2)
         reason: dict[str, int] = {}

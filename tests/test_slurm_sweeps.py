@@ -1,0 +1,298 @@
+"""Sweeps on the real one-node Slurm cluster (tests/slurm_cluster.py, MaxArraySize=10, 2 CPUs).
+
+What ``plsweep launch --executor slurm`` promises, checked on a real controller: many runs go out
+as several arrays of packed tasks and every run ends with exactly one row after ``collect``; status
+counts follow the queue (held, pending, running, done); tasks run the sweep's code snapshot; a task
+requeued by ``scontrol requeue`` resumes from its checkpoint to the loss of an uninterrupted run; a
+failed run is reported with its error, relaunching submits only what is missing, and
+``--retry-failed`` reruns it.
+
+Every task asks for one CPU (so two run at once and the rest pend) and no GPU; a task costs ~8 s on
+this machine (Python, torch and its first optimizer step), whatever its tiny runs do, so the tests
+keep tasks few and pack runs into them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from slurm_cluster import REPO_ROOT
+from typer.testing import CliRunner
+
+from powerlaw_cli.chains import train_standalone
+from powerlaw_cli.cli import app
+from powerlaw_cli.launch import LaunchResult, launch
+from powerlaw_cli.spec import Sweep, load_sweep
+from powerlaw_cli.status import sweep_status
+from powerlaw_cli.store import SweepDir, collect
+
+pytestmark = pytest.mark.slurm
+
+BASE = """
+[model]
+width = 32
+depth = 2
+n_heads = 2
+seq_len = 16
+base_width = 32
+[data]
+val_tokens = 512
+{data}
+[schedule]
+name = "constant"
+[training]
+device = "cpu"
+{training}
+[launch]
+cpus_per_task = 1
+gpus_per_task = 0
+time_minutes = 5
+runs_per_task = 8
+[grid]
+{grid}
+"""
+
+# 11 LRs x 4 seeds x 2 batch sizes = 88 runs, 8 per task: 11 tasks, one more than MaxArraySize=10,
+# so two arrays (10 tasks and 1; submitit sends a lone task as a plain job).
+MANY_RUNS = 88
+MANY_GRID = """optimizer.lr = { log = [1e-3, 1e-2], num = 11 }
+training.seed = [0, 1, 2, 3]
+training.batch_size = [8, 16]"""
+
+SWEEP_TIMEOUT = 240  # seconds; the many-run sweep takes ~45 s here
+
+
+def write_spec(folder: Path, name: str, grid: str = "", data: str = "", training: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / f"{name}.toml"
+    spec.write_text(f'[sweep]\nname = "{name}"\n' + BASE.format(grid=grid, data=data, training=training))
+    return spec
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """One thread for in-test training: two on this loaded 2-core machine are ~20x slower, not faster."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def wait_until_done(sweep_dir: SweepDir, cluster, timeout: float = SWEEP_TIMEOUT) -> list[dict[str, int]]:
+    """Poll ``sweep_status`` until nothing is queued or running; the counts of every poll, in order."""
+    deadline = time.monotonic() + timeout
+    history = []
+    while True:
+        status = sweep_status(sweep_dir)
+        assert not status.warning, status.warning  # sacct answers on this cluster
+        history.append(dict(status.counts))
+        if status.done:
+            return history
+        if time.monotonic() > deadline:
+            squeue = cluster.run(["squeue", "-a", "-r"], check=False).stdout
+            raise AssertionError(f"{sweep_dir.root} not done after {timeout}s: {status.counts}\n{squeue}\n"
+                                 f"{cluster.log_tail()}")
+        time.sleep(0.5)
+
+
+def task_log(sweep_dir: SweepDir, job_id: str) -> str:
+    """A task's log (stdout and stderr), as submitit keeps it: ``jobs/ID/ID_0_log.out``."""
+    return (sweep_dir.jobs_dir / job_id / f"{job_id}_0_log.out").read_text(errors="replace")
+
+
+# --- many runs: arrays, packing, records, collect, status, code snapshot ----------------------------
+
+@dataclasses.dataclass
+class Launched:
+    sweep: Sweep
+    dir: SweepDir
+    result: LaunchResult
+    relaunch_while_queued: LaunchResult
+    history: list[dict[str, int]]
+
+
+@pytest.fixture(scope="module")
+def many(slurm_cluster, tmp_path_factory) -> Launched:
+    """The 88-run sweep, launched from the repository's root (where ``python -m`` would find the
+    working tree's powerlaw_cli instead of the snapshot), relaunched at once, polled until done."""
+    assert slurm_cluster.max_array_size == 10
+    root = tmp_path_factory.mktemp("many")
+    sweep = load_sweep(write_spec(root, "many", MANY_GRID, training="tokens = 2048"))
+    sweep_dir = SweepDir(root / "out")
+    with working_directory(REPO_ROOT):
+        result = launch(sweep, sweep_dir.root, "slurm")
+    relaunch = launch(sweep, sweep_dir.root, "slurm")
+    return Launched(sweep, sweep_dir, result, relaunch, wait_until_done(sweep_dir, slurm_cluster))
+
+
+def test_many_runs_go_out_as_several_arrays_of_packed_tasks_and_each_is_collected_once(many):
+    options = many.sweep.launch
+    assert len(many.sweep.runs) == MANY_RUNS >= 60 and options.runs_per_task == 8 > 1
+    assert many.result.runs_launched == MANY_RUNS and many.result.tasks == 11
+
+    (entry,) = many.dir.launches()
+    assert entry["executor"] == "slurm" and entry["max_array_size"] == 10
+    assert entry["array_ids"] == many.result.array_ids and len(entry["array_ids"]) == 2
+    first, second = entry["array_ids"]
+    # submitit submits an "array" of one task as a plain job: its id has no _INDEX
+    assert entry["task_jobs"] == [f"{first}_{i}" for i in range(10)] + [second]
+
+    tasks = json.loads(many.dir.tasks_path(0).read_text())
+    assert [len(task) for task in tasks] == [8] * 11
+    records, problems = many.dir.records()
+    assert not problems and set(records) == {run.run_id for run in many.sweep.runs}
+    for job, run_ids in zip(entry["task_jobs"], tasks, strict=True):
+        assert {records[run_id]["slurm_job_id"] for run_id in run_ids} == {job}  # each run in its own task
+    assert {record["status"] for record in records.values()} == {"ok"}
+
+    report = collect(many.dir)
+    table = pq.read_table(many.dir.runs_table_path)
+    run_ids = table.column("run_id").to_pylist()
+    assert report.runs == table.num_rows == MANY_RUNS and len(set(run_ids)) == MANY_RUNS
+    assert set(run_ids) == set(records)
+
+
+def test_relaunching_a_queued_sweep_submits_nothing(many):
+    again = many.relaunch_while_queued
+    assert again.launch is None and again.runs_launched == 0
+    assert again.skipped_queued == MANY_RUNS  # a task takes seconds: none has finished yet
+
+
+def test_status_counts_follow_the_queue(many):
+    total = MANY_RUNS
+    for counts in many.history:
+        assert sum(counts.values()) == total
+        assert counts["lost"] == 0 and counts["failed"] == 0, counts
+    assert max(c["pending"] for c in many.history) >= total - 2 * 8  # two tasks at a time on two CPUs
+    assert any(c["running"] > 0 for c in many.history)
+    assert any(c["running"] > 0 and c["pending"] > 0 for c in many.history)
+    assert many.history[-1] == {"finished": total, "diverged": 0, "failed": 0, "running": 0, "pending": 0, "lost": 0}
+    finished = [c["finished"] for c in many.history]
+    assert finished == sorted(finished)  # records are never lost on the way
+
+
+def test_tasks_run_the_code_snapshot(many):
+    (entry,) = many.dir.launches()
+    snapshot = Path(entry["code"]) / "powerlaw_cli"
+    assert snapshot.is_relative_to(many.dir.root.resolve()) and (snapshot / "worker.py").is_file()
+    package = REPO_ROOT / "powerlaw_cli"
+    assert (snapshot / "worker.py").read_bytes() == (package / "worker.py").read_bytes()
+    for job in entry["task_jobs"]:
+        log = task_log(many.dir, job)
+        code_lines = [line for line in log.splitlines() if line.startswith("plsweep code: ")]
+        assert code_lines == [f"plsweep code: {snapshot}"], f"{job}: {code_lines}"
+
+
+# --- requeue: checkpoint, resume, same loss ----------------------------------------------------------
+
+def test_requeued_task_resumes_from_its_checkpoint_with_the_loss_of_an_uninterrupted_run(slurm_cluster, tmp_path):
+    # 512 steps (~4 s on one CPU) with a checkpoint every 0.5 s: requeued while it trains.
+    spec = write_spec(tmp_path, "requeue", training="batch_size = 8\ntokens = 65536\ncheckpoint_seconds = 0.5")
+    sweep = load_sweep(spec)
+    (run,) = sweep.runs
+    sweep_dir = SweepDir(tmp_path / "out")
+    assert launch(sweep, sweep_dir.root, "slurm").tasks == 1
+    (job,) = sweep_dir.launches()[0]["task_jobs"]
+    checkpoint = sweep_dir.checkpoint_path(run.run_id)
+
+    deadline = time.monotonic() + 90
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline, f"no checkpoint after 90 s\n{slurm_cluster.log_tail()}"
+        assert not sweep_dir.record_path(run.run_id).exists(), "the run finished before it could be requeued"
+        time.sleep(0.1)
+    slurm_cluster.run(["scontrol", "requeue", job])
+
+    with torch_threads(1):  # the uninterrupted run, trained here while the requeued job waits
+        reference = train_standalone(run, tmp_path / "reference")
+    assert reference["resumes"] == 0
+
+    history = wait_until_done(sweep_dir, slurm_cluster)
+    assert all(c["lost"] == 0 and c["failed"] == 0 for c in history), history
+    record = sweep_dir.read_record(sweep_dir.record_path(run.run_id))
+    assert record["status"] == "ok" and record["resumes"] >= 1
+    assert record["steps"] == reference["steps"] == 512
+    assert record["final_val_loss"] == reference["final_val_loss"]
+    assert record["final_train_loss"] == reference["final_train_loss"]
+    assert not checkpoint.exists()  # removed once the run is recorded
+
+    log = task_log(sweep_dir, job)
+    assert "stopped by signal 15 after saving a checkpoint" in log
+    assert log.count("plsweep code: ") == 2  # the same task started twice
+    restarts = slurm_cluster.run(["scontrol", "show", "job", job]).stdout
+    assert "Restarts=1" in restarts, restarts
+
+
+# --- failure, relaunch, retry -----------------------------------------------------------------------
+
+def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retry_reruns_it(
+        slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative sweep directory, as `plsweep launch` makes by default
+    good, missing = tmp_path / "train.bin", tmp_path / "missing.bin"
+    np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(good)
+    spec = write_spec(tmp_path, "failing", "optimizer.lr = [1e-3, 3e-3]\n" f'data.path = ["{good}", "{missing}"]',
+                      data='source = "tokens"', training="batch_size = 8\ntokens = 2048")
+    sweep = load_sweep(spec)
+    out = Path("failing-out")
+    sweep_dir = SweepDir(out)
+
+    held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
+    assert held.runs_launched == 4 and held.tasks == 1
+    status = sweep_status(sweep_dir)
+    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 4, "lost": 0}
+    assert not status.done
+    queued = launch(sweep, out, "slurm")
+    assert queued.launch is None and queued.runs_launched == 0 and queued.skipped_queued == 4
+
+    (array_id,) = held.array_ids
+    slurm_cluster.run(["scontrol", "release", array_id])
+    wait_until_done(sweep_dir, slurm_cluster)
+    status = sweep_status(sweep_dir)
+    assert status.counts["finished"] == 2 and status.counts["failed"] == 2 and status.counts["lost"] == 0
+    (job,) = sweep_dir.launches()[0]["task_jobs"]
+    assert {f.run_id for f in status.failures} == {r.run_id for r in sweep.runs if r.data.path == str(missing)}
+    for failure in status.failures:
+        assert "missing.bin" in failure.error and failure.job == job
+        assert failure.log and Path(failure.log).exists()
+        assert any(failure.run_id in line and "missing.bin" in line for line in failure.log_tail), failure.log_tail
+
+    cli = CliRunner().invoke(app, ["status", str(out), "--json"], env={"COLUMNS": "200"})
+    assert cli.exit_code == 0, cli.output
+    shown = json.loads(cli.stdout)
+    assert shown["counts"]["failed"] == 2 and shown["done"] is True
+    assert all("missing.bin" in f["error"] for f in shown["failures"])
+
+    nothing = launch(sweep, out, "slurm")  # failed runs have records: nothing is missing
+    assert nothing.launch is None and nothing.runs_launched == 0 and nothing.skipped_recorded == 4
+
+    shutil.copy(good, missing)
+    cli = CliRunner().invoke(app, ["launch", str(spec), "--executor", "slurm", "--out", str(out),
+                                   "--retry-failed", "--json"])
+    assert cli.exit_code == 0, cli.output
+    retried = json.loads(cli.stdout)
+    assert retried["launch"] == 1 and retried["runs_launched"] == 2 and retried["skipped_recorded"] == 2
+    history = wait_until_done(sweep_dir, slurm_cluster)
+    assert history[0]["failed"] == 0 and history[0]["pending"] + history[0]["running"] == 2  # retried: queued
+    status = sweep_status(sweep_dir)
+    assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures
