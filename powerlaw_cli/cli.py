@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from .config import ConfigError, LaunchConfig, RunConfig, ScheduleConfig, section_from_dict
 from .store import SweepDirError
+
+if TYPE_CHECKING:
+    from .demo import DemoResult
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Find the LR and batch size of a large LM run from many small muP proxy runs.")
@@ -33,10 +36,11 @@ def user_errors(func):
     def wrapper(*args, **kwargs):
         from .data import DataError
         from .fit import FitError
+        from .slurm import SubmitError
 
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DataError, SweepDirError, FitError, FileNotFoundError) as err:
+        except (ConfigError, DataError, SweepDirError, FitError, SubmitError, FileNotFoundError) as err:
             err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -521,7 +525,7 @@ def demo(
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
 
 
-def print_demo(result) -> None:
+def print_demo(result: DemoResult) -> None:
     """The demo's findings: laws, Power constants, the example target, paths. A sweep that supports no
     law or no Power schedule is a finding too: it is said in yellow, and the command still succeeds."""
     from .demo import PAPER_LAW
@@ -540,7 +544,8 @@ def print_demo(result) -> None:
     for law in fit["laws"].values():
         if law["status"] != "fitted":
             console.print(f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False)
-    console.print(f"paper (Shen et al. 2024, tokens and sequences of 4096): {PAPER_LAW}", highlight=False)
+    console.print(f"paper (Shen et al. 2024; batch in sequences of 4096 tokens, T in tokens): {PAPER_LAW}",
+                  highlight=False)
     rec = result.recommendation
     if rec is None:
         console.print(f"[yellow]no Power schedule to export:[/yellow] {result.fit_error}", highlight=False)

@@ -7,17 +7,19 @@ the local executor. Interrupted and re-run, it skips the runs already recorded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .export import export, write_schedule_png
-from .fit import fit_sweep, load_runs, write_fit
+from .fit import FitError, fit_sweep, load_runs, write_fit
 from .launch import LaunchResult, launch
 from .spec import load_sweep
 from .store import CollectReport, SweepDir, collect
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+PAPER_LAW = "lr_opt = batch * 4.6 * T^-0.51"
+"""The Power paper's fit (Shen et al. 2024), for comparison: batch in sequences, T in tokens."""
 
 
 def demo_spec(quick: bool) -> Path:
@@ -50,11 +52,12 @@ def example_target(runs: list, scale: float = 10.0) -> tuple[int, int]:
 def run_demo(spec: Path, out: Path, workers: int = 0, bootstrap: int = 1000,
              target: tuple[int, int] | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> DemoResult:
-    """Launch ``spec`` locally into ``out`` (skipping recorded runs), then collect, fit and export."""
-    from dataclasses import replace
+    """Launch ``spec`` locally into ``out`` (skipping recorded runs), then collect, fit and export.
 
-    from .fit import FitError
-    from .plots import fit_figures
+    A sweep that supports no law (``fit_json`` None) or no Power schedule (``recommendation`` None) is
+    a result, not an error: ``fit_error`` says why.
+    """
+    from .plots import fit_figures  # matplotlib: only once there is something to draw
 
     sweep = load_sweep(spec)
     options = replace(sweep.launch, workers=workers) if workers else sweep.launch

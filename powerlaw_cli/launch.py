@@ -71,8 +71,7 @@ def queued_run_ids(sweep_dir: SweepDir) -> set[str]:
     states = job_states([a for e in launches if e["executor"] == "slurm" for a in e.get("array_ids", [])]).states
     busy: set[str] = set()
     for entry in launches:
-        tasks = json.loads(sweep_dir.tasks_path(entry["launch"]).read_text())
-        for index, run_ids in enumerate(tasks):
+        for index, run_ids in enumerate(sweep_dir.tasks(entry["launch"])):
             if task_is_live(entry, index, states):
                 busy.update(run_ids)
     return busy
@@ -109,11 +108,18 @@ def holding_lock(path: Path):
         yield
 
 
-def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool) -> list[list[str]]:
-    """Run ids per task: whole chains, greedily packed up to ``runs_per_task`` runs (a longer chain is one task)."""
+def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool,
+               needed: set[str] | None = None) -> list[list[str]]:
+    """Run ids per task: whole chains, greedily packed up to ``runs_per_task`` runs (a longer chain is one task).
+
+    With ``needed``, only chains with a needed run are packed, but whole: a WSD trunk half recorded
+    keeps its chain (and so its checkpoint) and the worker skips the runs already recorded.
+    """
     tasks: list[list[str]] = []
     for chain in plan_chains(runs, share_trunks):
         ids = [run.run_id for run in chain.runs]
+        if needed is not None and needed.isdisjoint(ids):
+            continue
         if tasks and len(tasks[-1]) + len(ids) <= runs_per_task:
             tasks[-1].extend(ids)
         else:
@@ -145,7 +151,7 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
     write_manifest(sweep_dir, sweep, options.share_trunks)
     statuses = recorded_statuses(sweep_dir)
-    queued = queued_run_ids(sweep_dir)
+    queued = queued_run_ids(sweep_dir) - {run_id for run_id, status in statuses.items() if status != "failed"}
     redo = {"failed"} if retry_failed else set()
     todo = [r for r in sweep.runs if r.run_id not in queued and (r.run_id not in statuses or statuses[r.run_id] in redo)]
     result = LaunchResult(out, None, executor, len(sweep.runs), len(todo),
@@ -154,18 +160,19 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
     if not todo:
         return result
     number = sweep_dir.next_launch_number()
-    tasks = pack_tasks(todo, options.runs_per_task, options.share_trunks)
-    sweep_dir.write_tasks(number, tasks)
+    tasks = pack_tasks(sweep.runs, options.runs_per_task, options.share_trunks, {r.run_id for r in todo})
+    task_options = {"share_trunks": options.share_trunks, "retry_failed": retry_failed}
+    sweep_dir.write_tasks(number, tasks, task_options)
     result.launch, result.tasks = number, len(tasks)
     entry = {"launch": number, "executor": executor, "submitted_at": datetime.now().astimezone().isoformat(),
-             "share_trunks": options.share_trunks, "runs": len(todo)}
+             **task_options, "runs": len(todo)}
     if executor == "slurm":
         submission, error = submit_slurm(sweep_dir, number, len(tasks), options, sweep.name)
         submitted = len(submission["task_jobs"])
         if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
-            sweep_dir.write_tasks(number, tasks[:submitted])
+            sweep_dir.write_tasks(number, tasks[:submitted], task_options)
         if submitted:
-            sweep_dir.append_launch(entry | submission | {"runs": sum(len(t) for t in tasks[:submitted])})
+            sweep_dir.append_launch(entry | submission)
         if error:
             raise SubmitError(f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
                               f"(those are recorded; launch again to submit the rest): {error}")
@@ -178,7 +185,7 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
     else:
         sweep_dir.append_launch(entry)
         run_debug(sweep_dir, number, len(tasks))
-    result.counts = _counts_of(sweep_dir, [rid for task in tasks for rid in task])
+    result.counts = _counts_of(sweep_dir, [r.run_id for r in todo])
     return result
 
 

@@ -2,7 +2,7 @@
 
 The pool's processes are spawned fresh; ``init_worker`` pins each to its GPU before torch touches
 CUDA and ignores Ctrl-C (the launcher handles it and terminates the pool, which sends SIGTERM:
-the running task then saves a checkpoint at its next step boundary and stops).
+the running task then saves a checkpoint at its next step boundary, stops, and its process exits).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def local_task(sweep_dir: str, launch: int, task: int) -> dict[str, int]:
     def request_stop(signum: int, frame: Any) -> None:
         control.stop_after_save = True
 
-    signal.signal(signal.SIGTERM, request_stop)
+    previous = signal.signal(signal.SIGTERM, request_stop)
     with open(log, "a") as handle:
         saved = os.dup(1), os.dup(2)
         sys.stdout.flush(), sys.stderr.flush()
@@ -50,3 +50,8 @@ def local_task(sweep_dir: str, launch: int, task: int) -> dict[str, int]:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
+            signal.signal(signal.SIGTERM, previous)  # between tasks SIGTERM ends the worker again
+            if control.stop_after_save:
+                # Pool.terminate() sends SIGTERM once and then joins: the signal was spent on saving this
+                # task, so end the process as the signal would have, or the launcher waits forever.
+                raise SystemExit(0)

@@ -57,8 +57,9 @@ def plot_cell_curves(fit: dict, path: str | Path, max_cells: int = 60) -> Path:
     cells = fit["cells"][:max_cells]  # the first max_cells, in the order of the cell keys
     ncols = min(6, max(len(cells), 1))
     nrows = -(-len(cells) // ncols) or 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False,
-                             gridspec_kw={"hspace": 0.6})
+    lines = max((c["cell"].count(", ") + 2 for c in cells), default=1)  # title lines, with the reason
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, (2.2 + 0.12 * lines) * nrows), squeeze=False,
+                             gridspec_kw={"hspace": 0.25 + 0.12 * lines, "wspace": 0.35})
     for ax in axes.flat[len(cells):]:
         ax.axis("off")
     for ax, cell in zip(axes.flat, cells, strict=False):
@@ -76,7 +77,8 @@ def plot_cell_curves(fit: dict, path: str | Path, max_cells: int = 60) -> Path:
             tops = [0.95] * len(cell["diverged_lrs"])
             ax.plot(cell["diverged_lrs"], tops, "x", color="red", transform=ax.get_xaxis_transform())
         _light_log_axis(ax)
-        label = cell["cell"] if used else f"{cell['cell']}\n{cell['reason'].split(':')[0]}"
+        name = cell["cell"].replace(", ", "\n")  # one key per line: long labels overlap their neighbours
+        label = name if used else f"{name}\n{cell['reason'].split(':')[0]}"
         ax.set_title(label, fontsize=6, color="black" if used else "0.4")
         ax.tick_params(labelsize=6)
     shown = f" (first {len(cells)} of {len(fit['cells'])} cells)" if len(cells) < len(fit["cells"]) else ""

@@ -8,7 +8,6 @@ Lost means neither recorded nor queued: the next ``launch`` resubmits it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -57,8 +56,7 @@ def _task_index(sweep_dir: SweepDir) -> dict[str, tuple[dict, int]]:
     """run_id -> (launch entry, task index) of the latest launch that took the run."""
     where: dict[str, tuple[dict, int]] = {}
     for entry in sweep_dir.launches():
-        tasks = json.loads(sweep_dir.tasks_path(entry["launch"]).read_text())
-        for index, run_ids in enumerate(tasks):
+        for index, run_ids in enumerate(sweep_dir.tasks(entry["launch"])):
             for run_id in run_ids:
                 where[run_id] = (entry, index)
     return where
@@ -107,7 +105,7 @@ def _state_of(run_id: str, record: dict | None, entry: dict | None, index: int,
               states: dict[str, str]) -> tuple[str, str]:
     if record is None:
         return _task_state(entry, index, states)
-    if record["status"] == "failed" and _retried(record, entry):
+    if record["status"] == "failed" and entry and entry.get("retry_failed") and _retried(record, entry):
         state, _ = _task_state(entry, index, states)
         if state in ("pending", "running"):
             return state, ""

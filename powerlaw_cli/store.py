@@ -6,7 +6,7 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       sweep.toml                  the spec exactly as first launched
       sweep.json                  name, sweep_hash, created_at
       manifest.parquet            one row per run: run_id, trunk_id, every setting, config JSON
-      tasks/launch-N.json         the run ids of every task of launch N
+      tasks/launch-N.json         the run ids of every task of launch N, and its options
       launches.jsonl              one line per launch: executor, job ids per task
       runs/ab/RUN_ID.json         one record per finished run, written atomically
       curves/ab/RUN_ID.parquet    the run's loss curve
@@ -205,11 +205,17 @@ class SweepDir:
             raise SweepDirError(f"{self.root}: no manifest.parquet; the sweep was never launched")
         return pq.read_table(self.manifest_path)
 
-    def write_tasks(self, launch: int, tasks: list[list[str]]) -> None:
-        atomic_write_bytes(self.tasks_path(launch), json.dumps(tasks).encode())
+    def write_tasks(self, launch: int, tasks: list[list[str]], options: dict[str, Any]) -> None:
+        """Launch N's run ids per task and the options its workers follow, written before anything runs."""
+        atomic_write_bytes(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
 
-    def task_run_ids(self, launch: int, task: int) -> list[str]:
-        return json.loads(self.tasks_path(launch).read_text())[task]
+    def tasks(self, launch: int) -> list[list[str]]:
+        """The run ids of every task of launch N."""
+        return json.loads(self.tasks_path(launch).read_text())["tasks"]
+
+    def task_options(self, launch: int) -> dict[str, Any]:
+        """The options launch N's workers follow (share_trunks, retry_failed)."""
+        return json.loads(self.tasks_path(launch).read_text())["options"]
 
     def launches(self) -> list[dict[str, Any]]:
         """Every launch so far, oldest first (lines that do not parse are skipped)."""

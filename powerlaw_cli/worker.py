@@ -31,13 +31,13 @@ def manifest_configs(sweep: SweepDir) -> dict[str, RunConfig]:
     return {row["run_id"]: RunConfig.from_dict(json.loads(row["config"]), f"{sweep.manifest_path}") for row in table}
 
 
-def is_result(sweep: SweepDir, sweep_hash: str, run_id: str) -> bool:
-    """True when a trusted record says the run finished (ok or diverged; failed runs are redone)."""
+def is_result(sweep: SweepDir, sweep_hash: str, run_id: str, redo_failed: bool = True) -> bool:
+    """True when a trusted record says the run is done: ok or diverged, or failed unless ``redo_failed``."""
     path = sweep.record_path(run_id)
     if not path.exists():
         return False
     record = sweep.read_record(path, sweep_hash)
-    return not isinstance(record, RecordProblem) and record["status"] != "failed"
+    return not isinstance(record, RecordProblem) and (record["status"] != "failed" or not redo_failed)
 
 
 def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | None = None) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | N
     sweep = SweepDir(Path(sweep_dir))
     info = sweep.info()
     configs = manifest_configs(sweep)
-    runs = [configs[run_id] for run_id in sweep.task_run_ids(launch, task)]
+    runs = [configs[run_id] for run_id in sweep.tasks(launch)[task]]
+    options = sweep.task_options(launch)
     control = control or Control()
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
     counts: dict[str, int] = {}
@@ -56,18 +57,13 @@ def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | N
         print(f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",
               flush=True)
 
-    for chain in plan_chains(runs, share_trunks=_share_trunks(sweep, launch)):
+    def done(run_id: str) -> bool:
+        return is_result(sweep, info["sweep_hash"], run_id, redo_failed=options["retry_failed"])
+
+    for chain in plan_chains(runs, share_trunks=options["share_trunks"]):
         control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
-        ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result,
-                    lambda run_id: is_result(sweep, info["sweep_hash"], run_id), control, extra).run()
+        ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result, done, control, extra).run()
     return counts
-
-
-def _share_trunks(sweep: SweepDir, launch: int) -> bool:
-    for entry in sweep.launches():
-        if entry["launch"] == launch:
-            return bool(entry.get("share_trunks", True))
-    return True
 
 
 class SlurmTask(submitit.helpers.Checkpointable):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session-scoped Slurm cluster fixture)
+from tiny import TINY_MODEL
 
 from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
@@ -15,13 +16,7 @@ from powerlaw_cli.spec import load_sweep
 TINY_SWEEP = """
 [sweep]
 name = "fixture"
-[model]
-width = 32
-depth = 2
-n_heads = 2
-seq_len = 16
-base_width = 32
-[data]
+""" + TINY_MODEL + """[data]
 val_tokens = 1024
 [schedule]
 name = "wsd"

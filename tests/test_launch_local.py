@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TINY_MODEL
 
 from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
@@ -17,13 +18,7 @@ from powerlaw_cli.store import SweepDir, SweepDirError
 SPEC = """
 [sweep]
 name = "{name}"
-[model]
-width = 32
-depth = 2
-n_heads = 2
-seq_len = 16
-base_width = 32
-[data]
+""" + TINY_MODEL + """[data]
 source = "tokens"
 val_tokens = 1024
 [schedule]
@@ -120,3 +115,19 @@ def test_debug_executor_runs_in_process(tmp_path):
     sweep = load_sweep(make_spec(tmp_path, lrs="[1e-3, 2e-3]"))
     result = launch(sweep, tmp_path / "out", "debug", LaunchConfig(runs_per_task=2))
     assert result.tasks == 1 and result.counts == {"ok": 2}
+
+
+def test_relaunch_keeps_a_half_recorded_trunk_whole(tiny_spec, tiny_sweep_dir):
+    sweep_dir = SweepDir(tiny_sweep_dir)
+    records, _ = sweep_dir.records()
+    longest = max(records.values(), key=lambda r: (r["tokens"], r["lr"], r["batch_size"]))
+    sibling = next(r for r in records.values() if r["trunk_id"] == longest["trunk_id"] and r is not longest)
+    sweep_dir.record_path(longest["run_id"]).unlink()
+    result = launch(load_sweep(tiny_spec), tiny_sweep_dir, "local", LaunchConfig(workers=1))
+    assert result.runs_launched == 1 and result.counts == {"ok": 1}
+    assert sweep_dir.tasks(result.launch) == [[sibling["run_id"], longest["run_id"]]]  # the whole chain
+    again, _ = sweep_dir.records()
+    assert again[sibling["run_id"]]["finished_at"] == sibling["finished_at"]  # recorded: not trained again
+    retrained = again[longest["run_id"]]
+    assert retrained["trunk_id"] == longest["trunk_id"]
+    assert retrained["final_val_loss"] == longest["final_val_loss"]

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from slurm_cluster import REPO_ROOT
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from powerlaw_cli.chains import train_standalone
@@ -39,13 +40,7 @@ from powerlaw_cli.store import SweepDir, collect
 pytestmark = pytest.mark.slurm
 
 BASE = """
-[model]
-width = 32
-depth = 2
-n_heads = 2
-seq_len = 16
-base_width = 32
-[data]
+""" + TINY_MODEL + """[data]
 val_tokens = 512
 {data}
 [schedule]
@@ -159,7 +154,7 @@ def test_many_runs_go_out_as_several_arrays_of_packed_tasks_and_each_is_collecte
     # submitit submits an "array" of one task as a plain job: its id has no _INDEX
     assert entry["task_jobs"] == [f"{first}_{i}" for i in range(10)] + [second]
 
-    tasks = json.loads(many.dir.tasks_path(0).read_text())
+    tasks = many.dir.tasks(0)
     assert [len(task) for task in tasks] == [8] * 11
     records, problems = many.dir.records()
     assert not problems and set(records) == {run.run_id for run in many.sweep.runs}
