@@ -158,6 +158,8 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
                           skipped_recorded=sum(1 for r in sweep.runs if r.run_id in statuses and statuses[r.run_id] not in redo),
                           skipped_queued=sum(1 for r in sweep.runs if r.run_id in queued))
     if not todo:
+        if on_progress is not None:
+            on_progress(len(sweep.runs), len(sweep.runs))
         return result
     number = sweep_dir.next_launch_number()
     tasks = pack_tasks(sweep.runs, options.runs_per_task, options.share_trunks, {r.run_id for r in todo})
