@@ -19,6 +19,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -291,3 +293,19 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     assert history[0]["failed"] == 0 and history[0]["pending"] + history[0]["running"] == 2  # retried: queued
     status = sweep_status(sweep_dir)
     assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures
+
+
+def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(many, tmp_path):
+    """A cluster without accounting: `plsweep status` still counts from the records, and says so once."""
+    bin_dir = tmp_path / "bin"  # the Slurm commands of this machine, minus sacct
+    bin_dir.mkdir()
+    for command in ("squeue", "scontrol", "sinfo"):
+        (bin_dir / command).symlink_to(shutil.which(command))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    assert shutil.which("sacct", path=env["PATH"]) is None
+    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(many.dir.root), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("sacct unavailable") == 1
+    status = json.loads(done.stdout)
+    assert status["counts"]["finished"] == MANY_RUNS and status["done"]
