@@ -1,6 +1,7 @@
-"""Chains of runs trained in one process: a lone run, a WSD trunk with decay branches, a WSD-S main branch.
+"""Chains of runs trained in one process: a lone run, a trunk with decay branches, a WSD-S main branch.
 
-WSD runs that differ only in their budget (and decay) share everything before their decay starts, so
+WSD runs that differ only in their budget (and decay) share everything before their decay starts, and
+so do Power runs (lr = min(lr_max, a * batch * n^b) does not depend on the budget before its decay):
 one trunk trains the stable phase once and forks a decay branch at each run's decay start
 (branch = the run trained alone, bit for bit on the CPU). WSD-S runs of one main branch are points on
 one trajectory: the run for budget D is the main branch's state at D. A chain saves its state to one
@@ -27,18 +28,23 @@ from .data import DataError, load_source
 from .schedules import build_schedule
 from .train import Control, Diverged, StopRequested, Trajectory, resolve_device
 
-# Settings that may differ between the runs of one WSD trunk: the budget and the decay.
+# Settings that may differ between the runs of one trunk: the budget and the decay.
 BRANCH_SETTINGS = {
     "training": ("tokens",),
     "schedule": ("decay_tokens", "decay_fraction", "decay_shape", "final_lr_ratio"),
 }
 
 
+# Schedules whose LR before the decay does not depend on the budget (warmup in tokens, not a fraction).
+TRUNK_SCHEDULES = ("wsd", "power")
+
+
 @dataclass
 class Chain:
-    """Runs trained together. ``kind``: single, wsd_trunk (forks) or wsd_s (points on one branch)."""
+    """Runs trained together. ``kind``: single, trunk (WSD or Power, with decay forks) or wsd_s
+    (points on one branch)."""
 
-    kind: Literal["single", "wsd_trunk", "wsd_s"]
+    kind: Literal["single", "trunk", "wsd_s"]
     key: str
     runs: list[RunConfig]
 
@@ -57,12 +63,12 @@ def _trunk_key(run: RunConfig) -> str:
 
 def plan_chains(runs: list[RunConfig], share_trunks: bool = True) -> list[Chain]:
     """Group runs into chains, in the order of their first run. WSD-S runs of one main branch always
-    share it; WSD runs that differ only in budget and decay share a trunk when ``share_trunks``
+    share it; WSD or Power runs that differ only in budget and decay share a trunk when ``share_trunks``
     (not with tail averaging, whose window depends on the budget)."""
     groups: dict[str, list[RunConfig]] = {}
     for run in runs:
         shareable = run.schedule.name == "wsd_s" or (
-            share_trunks and run.schedule.name == "wsd" and run.averaging.kind != "tail"
+            share_trunks and run.schedule.name in TRUNK_SCHEDULES and run.averaging.kind != "tail"
         )
         key = _trunk_key(run) if shareable else run.run_id
         groups.setdefault(key, []).append(run)
@@ -72,14 +78,14 @@ def plan_chains(runs: list[RunConfig], share_trunks: bool = True) -> list[Chain]
         if members[0].schedule.name == "wsd_s":
             chains.append(Chain("wsd_s", key, members))
         elif len(members) > 1:
-            chains.append(Chain("wsd_trunk", key, members))
+            chains.append(Chain("trunk", key, members))
         else:
             chains.append(Chain("single", members[0].run_id, members))
     return chains
 
 
 def fork_step(run: RunConfig) -> int:
-    """The last step a WSD run shares with its trunk: its LR is the stable LR at every step before."""
+    """The last step a run shares with its trunk: before it, its LR does not depend on its budget."""
     decay_start = run.training.tokens - run.schedule.decay_length(run.training.tokens)
     return max(0, decay_start // run.batch_tokens)
 
@@ -163,7 +169,7 @@ class ChainRunner:
             first = self.chain.runs[-1] if self.chain.kind == "wsd_s" else pending[0]
             source = load_source(first.data, first.model.vocab_size, first.model.seq_len)
             device = resolve_device(first.training.device)
-            if self.chain.kind == "wsd_trunk":
+            if self.chain.kind == "trunk":
                 self._run_trunk(pending, source, device, started)
             else:
                 self._run_line(pending, source, device, started)
@@ -201,7 +207,7 @@ class ChainRunner:
             else:  # a WSD-S budget after the main branch diverged diverged with it
                 self._record_diverged(run, traj, dead, started)
 
-    # --- a WSD trunk with one decay branch per run ----------------------------------------
+    # --- a trunk with one decay branch per run ----------------------------------------
 
     def _run_trunk(self, pending: list[RunConfig], source, device, started: str) -> None:
         ordered = sorted(pending, key=lambda r: (fork_step(r), r.training.tokens))

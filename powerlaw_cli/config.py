@@ -384,7 +384,7 @@ class LaunchConfig:
     runs_per_task: int = setting(1, "runs packed into one array task, run one after another", identity=False)
     sbatch_extra: list[str] = setting([], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False)
     signal_seconds: int = setting(120, "seconds before the time limit at which workers checkpoint and requeue", identity=False)
-    share_trunks: bool = setting(True, "train WSD runs that differ only in tokens as one trunk with decay branches", identity=False)
+    share_trunks: bool = setting(True, "train WSD or Power runs that differ only in tokens as one trunk with decay branches", identity=False)
     workers: int = setting(0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False)
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ def model_costs(model: ModelConfig) -> tuple[int, int]:
 
 
 def chain_tokens(chain: Chain) -> int:
-    """Tokens actually trained for a chain: a WSD trunk trains its stable phase once."""
+    """Tokens actually trained for a chain: a trunk trains its stable phase once."""
     if chain.kind == "single":
         run = chain.runs[0]
         return run.steps * run.batch_tokens

@@ -257,7 +257,8 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
     assert held.runs_launched == 4 and held.tasks == 1
     status = sweep_status(sweep_dir)
-    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 4, "lost": 0}
+    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 4, "lost": 0}, \
+        (status.counts, slurm_cluster.run(["squeue", "-a", "-r"], check=False).stdout)
     assert not status.done
     queued = launch(sweep, out, "slurm")
     assert queued.launch is None and queued.runs_launched == 0 and queued.skipped_queued == 4
@@ -266,7 +267,8 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     slurm_cluster.run(["scontrol", "release", array_id])
     wait_until_done(sweep_dir, slurm_cluster)
     status = sweep_status(sweep_dir)
-    assert status.counts["finished"] == 2 and status.counts["failed"] == 2 and status.counts["lost"] == 0
+    assert status.counts["finished"] == 2 and status.counts["failed"] == 2 and status.counts["lost"] == 0, \
+        (status.counts, status.failures)
     (job,) = sweep_dir.launches()[0]["task_jobs"]
     assert {f.run_id for f in status.failures} == {r.run_id for r in sweep.runs if r.data.path == str(missing)}
     for failure in status.failures:
@@ -290,9 +292,10 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     retried = json.loads(cli.stdout)
     assert retried["launch"] == 1 and retried["runs_launched"] == 2 and retried["skipped_recorded"] == 2
     history = wait_until_done(sweep_dir, slurm_cluster)
-    assert history[0]["failed"] == 0 and history[0]["pending"] + history[0]["running"] == 2  # retried: queued
+    assert history[0]["failed"] == 0 and history[0]["pending"] + history[0]["running"] == 2, history  # queued
     status = sweep_status(sweep_dir)
-    assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures
+    assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures, \
+        (status.counts, status.failures)
 
 
 def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(many, tmp_path):
