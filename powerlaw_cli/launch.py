@@ -30,7 +30,7 @@ from .chains import plan_chains
 from .config import LaunchConfig, RunConfig
 from .slurm import QUEUED_STATES, RUNNING_STATES, SubmitError, job_states, max_array_size
 from .spec import Sweep
-from .store import SweepDir
+from .store import SweepDir, awaits_retry
 
 Executor = Literal["local", "slurm", "debug"]
 
@@ -66,14 +66,20 @@ def recorded_statuses(sweep_dir: SweepDir) -> dict[str, str]:
 
 
 def queued_run_ids(sweep_dir: SweepDir) -> set[str]:
-    """Runs in tasks that are still queued or running (Slurm), or in a live local launch on this host."""
+    """Runs that a task still queued or running (Slurm), or a live local launch on this host, has yet to
+    train: not recorded, or failed before that launch took them for a retry."""
     launches = sweep_dir.launches()
-    states = job_states([a for e in launches if e["executor"] == "slurm" for a in e.get("array_ids", [])]).states
+    arrays = [a for e in launches if e["executor"] == "slurm" for a in e.get("array_ids", [])]
+    answer = job_states(arrays)
+    if arrays and not answer.known:  # guessing "not queued" would submit queued runs a second time
+        raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {answer.warning}")
+    states = answer.states
+    records, _ = sweep_dir.records()
     busy: set[str] = set()
     for entry in launches:
         for index, run_ids in enumerate(sweep_dir.tasks(entry["launch"])):
             if task_is_live(entry, index, states):
-                busy.update(run_ids)
+                busy.update(r for r in run_ids if r not in records or awaits_retry(records[r], entry))
     return busy
 
 
@@ -151,9 +157,10 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
     write_manifest(sweep_dir, sweep, options.share_trunks)
     statuses = recorded_statuses(sweep_dir)
-    queued = queued_run_ids(sweep_dir) - {run_id for run_id, status in statuses.items() if status != "failed"}
     redo = {"failed"} if retry_failed else set()
-    todo = [r for r in sweep.runs if r.run_id not in queued and (r.run_id not in statuses or statuses[r.run_id] in redo)]
+    candidates = [r for r in sweep.runs if r.run_id not in statuses or statuses[r.run_id] in redo]
+    queued = queued_run_ids(sweep_dir) if candidates else set()  # ask the scheduler only when it matters
+    todo = [r for r in candidates if r.run_id not in queued]
     result = LaunchResult(out, None, executor, len(sweep.runs), len(todo),
                           skipped_recorded=sum(1 for r in sweep.runs if r.run_id in statuses and statuses[r.run_id] not in redo),
                           skipped_queued=sum(1 for r in sweep.runs if r.run_id in queued))

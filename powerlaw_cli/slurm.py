@@ -38,11 +38,17 @@ def max_array_size() -> int:
 
 @dataclass
 class JobStates:
-    """State of each array task, keyed "ARRAYID_INDEX"; ``accounting`` is False when sacct failed."""
+    """State of each array task, keyed "ARRAYID_INDEX"; ``accounting`` is False when sacct failed,
+    ``queue`` when squeue did; with neither, nobody knows which tasks are still queued."""
 
     states: dict[str, str] = field(default_factory=dict)
     accounting: bool = True
+    queue: bool = True
     warning: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.accounting or self.queue
 
 
 def _expand(job_id: str) -> list[str]:
@@ -87,7 +93,12 @@ def job_states(array_ids: list[str]) -> JobStates:
     try:
         squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", ids, "-o", "%i|%T"],
                                 capture_output=True, text=True, timeout=60)
+        # One id that left the controller's memory is an error to squeue ("Invalid job id"), not to us.
+        if squeue.returncode != 0 and "Invalid job id" not in squeue.stderr:
+            raise OSError(squeue.stderr.strip() or f"squeue exited {squeue.returncode}")
         result.states.update(_parse(squeue.stdout))  # the live queue is authoritative for queued/running
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    except (OSError, subprocess.TimeoutExpired) as err:
+        result.queue = False
+        problem = f"squeue failed ({' '.join(str(err).split())[:120]})"
+        result.warning = f"{result.warning}; {problem}" if result.warning else problem
     return result

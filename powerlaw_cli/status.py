@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from .launch import task_is_live
 from .slurm import FAILED_STATES, QUEUED_STATES, RUNNING_STATES, JobStates, job_states
-from .store import SweepDir
+from .store import SweepDir, awaits_retry
 
 STATES = ("finished", "diverged", "failed", "running", "pending", "lost")
 LOG_TAIL_LINES = 8
@@ -105,18 +104,11 @@ def _state_of(run_id: str, record: dict | None, entry: dict | None, index: int,
               states: dict[str, str]) -> tuple[str, str]:
     if record is None:
         return _task_state(entry, index, states)
-    if record["status"] == "failed" and entry and entry.get("retry_failed") and _retried(record, entry):
+    if entry and awaits_retry(record, entry):
         state, _ = _task_state(entry, index, states)
         if state in ("pending", "running"):
             return state, ""
     return ("finished" if record["status"] == "ok" else record["status"]), record.get("error") or ""
-
-
-def _retried(record: dict, entry: dict | None) -> bool:
-    """Was the run taken by a launch submitted after its record was written (``--retry-failed``)?"""
-    if entry is None or not record.get("finished_at"):
-        return False
-    return datetime.fromisoformat(record["finished_at"]) < datetime.fromisoformat(entry["submitted_at"])
 
 
 def _task_state(entry: dict | None, index: int, states: dict[str, str]) -> tuple[str, str]:

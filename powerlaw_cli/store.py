@@ -238,6 +238,14 @@ class SweepDir:
             handle.write(json.dumps(entry) + "\n")
 
 
+def awaits_retry(record: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Is this failed run still to be retried by launch ``entry``? Only if that launch reruns failures and
+    the record predates it; a record written after it came from that launch's own attempt."""
+    if record["status"] != "failed" or not entry.get("retry_failed") or not record.get("finished_at"):
+        return False
+    return datetime.fromisoformat(record["finished_at"]) < datetime.fromisoformat(entry["submitted_at"])
+
+
 @dataclass
 class CollectReport:
     """What ``collect`` did."""

@@ -298,17 +298,43 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
         (status.counts, status.failures)
 
 
+def slurm_commands_only(folder: Path, commands: tuple[str, ...]) -> dict[str, str]:
+    """An environment whose PATH has only these Slurm commands of this machine (a cluster without the rest)."""
+    folder.mkdir()
+    for command in commands:
+        (folder / command).symlink_to(shutil.which(command))
+    env = {**os.environ, "PATH": str(folder)}
+    assert all(shutil.which(c, path=env["PATH"]) is None for c in {"sacct", "squeue"} - set(commands))
+    return env
+
+
 def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(many, tmp_path):
     """A cluster without accounting: `plsweep status` still counts from the records, and says so once."""
-    bin_dir = tmp_path / "bin"  # the Slurm commands of this machine, minus sacct
-    bin_dir.mkdir()
-    for command in ("squeue", "scontrol", "sinfo"):
-        (bin_dir / command).symlink_to(shutil.which(command))
-    env = {**os.environ, "PATH": str(bin_dir)}
-    assert shutil.which("sacct", path=env["PATH"]) is None
+    env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
     done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(many.dir.root), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("sacct unavailable") == 1
     status = json.loads(done.stdout)
     assert status["counts"]["finished"] == MANY_RUNS and status["done"]
+
+
+def test_launch_refuses_when_slurm_cannot_say_what_is_queued(many, tmp_path):
+    """Neither sacct nor squeue answers: guessing "nothing is queued" could submit every run twice."""
+    copy = SweepDir(tmp_path / "copy")
+    shutil.copytree(many.dir.root, copy.root)
+    copy.record_files()[0].unlink()  # one run to launch: is it still queued? nobody can tell
+    env = slurm_commands_only(tmp_path / "bin", ("scontrol", "sinfo"))
+    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "launch", str(many.sweep.path), "--executor", "slurm",
+                           "--out", str(copy.root)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "cannot ask Slurm which tasks are still queued" in done.stderr and done.stderr.count("\n") == 1
+    assert len(copy.launches()) == 1
+
+
+def test_a_job_id_squeue_no_longer_knows_is_not_a_failure(slurm_cluster):
+    """squeue -j with one id that left the controller exits 1 ("Invalid job id"): that means "not queued"."""
+    from powerlaw_cli.slurm import job_states
+
+    states = job_states(["999999"])
+    assert states.known and states.queue and states.states == {}
