@@ -139,8 +139,13 @@ def test_killed_process_resumes_from_its_checkpoint_to_the_same_loss(tmp_path):
     assert second["final_train_loss"] == first["final_train_loss"]
 
 
-def test_wsd_trunk_branches_equal_runs_trained_alone():
-    runs = [tiny(training__tokens=t) for t in (2048, 4096, 8192)]
+POWER = {"schedule__name": "power", "schedule__power_a": 0.05,  # the cap 0.02 until ~400 tokens, then n^-0.51
+         "schedule__decay_shape": "exponential", "optimizer__lr": 0.02}
+
+
+@pytest.mark.parametrize("schedule", [{}, POWER], ids=["wsd", "power"])
+def test_trunk_branches_equal_runs_trained_alone(schedule):
+    runs = [tiny(training__tokens=t, **schedule) for t in (2048, 4096, 8192)]
     chains = plan_chains(runs, share_trunks=True)
     assert [c.kind for c in chains] == ["trunk"]
     shared = run_chain(runs, share=True)
@@ -148,19 +153,6 @@ def test_wsd_trunk_branches_equal_runs_trained_alone():
     for run in runs:
         assert shared[run.run_id]["final_val_loss"] == alone[run.run_id]["final_val_loss"], run.training.tokens
         assert shared[run.run_id]["trunk_id"] == chains[0].key and alone[run.run_id]["trunk_id"] is None
-    assert len({r["final_val_loss"] for r in shared.values()}) == 3
-
-
-def test_power_trunk_branches_equal_runs_trained_alone():
-    power = {"schedule__name": "power", "schedule__power_a": 0.05,  # the cap 0.02 until ~400 tokens, then n^-0.51 "schedule__decay_shape": "exponential",
-             "optimizer__lr": 0.02}
-    runs = [tiny(training__tokens=t, **power) for t in (2048, 4096, 8192)]
-    chains = plan_chains(runs, share_trunks=True)
-    assert [c.kind for c in chains] == ["trunk"]
-    shared = run_chain(runs, share=True)
-    alone = run_chain(runs, share=False)
-    for run in runs:
-        assert shared[run.run_id]["final_val_loss"] == alone[run.run_id]["final_val_loss"], run.training.tokens
     assert len({r["final_val_loss"] for r in shared.values()}) == 3
 
 
