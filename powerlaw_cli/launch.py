@@ -274,16 +274,14 @@ def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options:
 
 # --- local and debug ----------------------------------------------------------------------------
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """One worker per visible GPU, else one per CPU core."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(_visible_gpus()) or cpu_cores()
 
 
 def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], workers: int,
@@ -293,7 +291,7 @@ def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], w
 
     workers = min(workers or default_workers(), len(tasks))
     gpus = _visible_gpus()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     context = multiprocessing.get_context("spawn")
     slots = context.Queue()
     for i in range(workers):
@@ -322,12 +320,10 @@ def recorded_in(sweep_dir: SweepDir, run_ids: list[str]) -> int:
 
 
 def _visible_gpus() -> list[str]:
-    try:
-        import torch
+    """The ids of the GPUs this process sees (as CUDA_VISIBLE_DEVICES names them), one worker each."""
+    import torch
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover
-        count = 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [d for d in visible.split(",") if d] if visible else [str(i) for i in range(count)]
     return ids[:count]

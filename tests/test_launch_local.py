@@ -131,3 +131,12 @@ def test_relaunch_keeps_a_half_recorded_trunk_whole(tiny_spec, tiny_sweep_dir):
     retrained = again[longest["run_id"]]
     assert retrained["trunk_id"] == longest["trunk_id"]
     assert retrained["final_val_loss"] == longest["final_val_loss"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="with GPUs the default is one worker per GPU")
+def test_default_workers_is_one_per_usable_cpu_core_without_gpus():
+    import os
+
+    from powerlaw_cli.launch import default_workers
+
+    assert default_workers() == len(os.sched_getaffinity(0)) >= 1
