@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` (the whole job on this machine) and `make test`.
-# Both create ./.venv on first use: torch pinned to the CPU build 2.13.0 first (a GPU user installs their
-# own build into the venv beforehand; pyproject only asks for a range), then this package with its test extra.
+# Both create ./.venv on first use: torch 2.13.0 unless the venv has a torch already (a GPU user installs
+# their own build into it beforehand; pyproject only asks for a range), then this package with its test extra.
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
