@@ -338,3 +338,29 @@ def test_a_job_id_squeue_no_longer_knows_is_not_a_failure(slurm_cluster):
 
     states = job_states(["999999"])
     assert states.known and states.queue and states.states == {}
+
+
+def test_status_watch_polls_at_most_every_30_s_and_warns_once(slurm_cluster, tmp_path):
+    """`status --watch` on Slurm: a poll every 30 s at most (even when asked for 1 s), one warning in all."""
+    spec = write_spec(tmp_path, "watched", "optimizer.lr = [1e-3]", training="batch_size = 8\ntokens = 1024")
+    sweep = load_sweep(spec)
+    out = tmp_path / "out"
+    held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
+    env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
+    watch = subprocess.Popen([sys.executable, "-m", "powerlaw_cli", "status", str(out), "--watch", "--interval", "1",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    polls: list[float] = []  # when each JSON document began
+    try:
+        for line in watch.stdout:
+            if line.startswith("{"):
+                polls.append(time.monotonic())
+                if len(polls) == 2:
+                    slurm_cluster.run(["scontrol", "release", held.array_ids[0]])
+        assert watch.wait(timeout=150) == 0
+    finally:
+        watch.kill()
+    stderr = watch.stderr.read()
+    assert len(polls) >= 3, stderr  # pending, pending, ..., done
+    assert all(later - earlier >= 29 for earlier, later in zip(polls, polls[1:], strict=False))
+    assert stderr.count("sacct unavailable") == 1
+    assert sweep_status(SweepDir(out)).counts["finished"] == 1
