@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from powerlaw_cli.chains import _schedule
 from powerlaw_cli.config import ModelConfig, RunConfig
 from powerlaw_cli.data import load_source
+from powerlaw_cli.runner import _schedule
 from powerlaw_cli.train import Trajectory
 
 

@@ -23,12 +23,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
-from .config import AveragingConfig, ConfigError
+from .config import AveragingConfig, AveragingKind, ConfigError
 
 
 class Averager(ABC):
@@ -168,5 +168,4 @@ def build_averager(cfg: AveragingConfig, model: nn.Module, tokens_per_step: int,
         return AnytimeAverager(model, cfg.anytime_gamma)
     if cfg.kind == "tail":
         return TailAverager(model, tail_start(total_steps, cfg.tail_fraction))
-    valid = get_args(get_type_hints(AveragingConfig)["kind"])
-    raise ConfigError(f"averaging.kind: unknown {cfg.kind!r}; valid: {', '.join(valid)}")
+    raise ConfigError(f"averaging.kind: unknown {cfg.kind!r}; valid: {', '.join(get_args(AveragingKind))}")

@@ -1,4 +1,8 @@
-"""The ``plsweep`` command line: parse, call one library function, render with rich. No logic here."""
+"""The ``plsweep`` command line: parse, call one library function, render with rich. No logic here.
+
+Every error a user can cause, a usage error of Typer's included, ends as one line on stderr (printed
+without rich markup, so brackets in messages survive) and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,64 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from .config import ConfigError, LaunchConfig, RunConfig, ScheduleConfig, section_from_dict
-from .store import SweepDirError
+from .config import (
+    ConfigError,
+    LaunchConfig,
+    Parametrization,
+    RunConfig,
+    ScheduleConfig,
+    ScheduleName,
+    section_from_dict,
+)
+from .errors import PlsweepError
+from .launch import Executor
 
 if TYPE_CHECKING:
     from .demo import DemoResult
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Find the LR and batch size of a large LM run from many small muP proxy runs.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_error(message: str, exit_code: int = 2) -> None:
+    """One red "error:" line on stderr, the message printed as is (no markup), then exit."""
+    err_console.print(Text.assemble(("error: ", "red"), " ".join(str(message).split())), soft_wrap=True)
+    raise SystemExit(exit_code)
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's usage errors (an unknown option, a value not among the choices, out of range, missing) as
+    one line and exit status 2, like the project's own errors."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            print_error("aborted", 1)
+        except typer.TyperException as err:
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            print_error(message, getattr(err, "exit_code", 2))
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Find the LR and batch size of a large LM run from many small muP proxy runs.",
+)
+
+
+@app.callback(invoke_without_command=True)
+def _show_help(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
 
 SetOption = Annotated[list[str], typer.Option("--set", "-s", help="SECTION.FIELD=VALUE (TOML value), repeatable")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
@@ -34,17 +85,19 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from .data import DataError
-        from .fit import FitError
-        from .slurm import SubmitError
-
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DataError, SweepDirError, FitError, SubmitError, FileNotFoundError) as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except PlsweepError as err:  # the project's errors: a setting, a file, a table, the cluster
+            print_error(str(err))
+        except OSError as err:  # a file that cannot be read or written: name it
+            print_error(f"{err.filename or ''}: {err.strerror or err}" if err.filename else str(err))
 
     return wrapper
+
+
+def warn(message: str) -> None:
+    """One yellow "warning:" line on stderr, printed as is (no markup)."""
+    err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
 def parse_assignments(items: list[str], where: str) -> dict[str, Any]:
@@ -95,8 +148,8 @@ def train(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train one proxy run; write record.json and curve.parquet (resumes from OUT/checkpoint.pt)."""
-    from .chains import train_standalone
+    """Train one proxy run; write record.json and curve.arrow (resumes from OUT/checkpoint.pt)."""
+    from .runner import train_standalone
     from .spec import tomllib
 
     data: dict[str, Any] = {}
@@ -122,12 +175,12 @@ def train(
 @app.command()
 @user_errors
 def schedule(
-    name: Annotated[str, typer.Argument(help="constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")],
-    lr: Annotated[float, typer.Option(help="peak LR (power: the cap lr_max)")] = 3e-3,
-    tokens: Annotated[float, typer.Option(help="run length, tokens")] = 1e9,
-    batch_size: Annotated[int, typer.Option(help="sequences per step (power's batch)")] = 256,
+    name: Annotated[ScheduleName, typer.Argument(help="the schedule")],
+    lr: Annotated[float, typer.Option(help="peak LR (power: the cap lr_max), > 0")] = 3e-3,
+    tokens: Annotated[float, typer.Option(min=1, help="run length, tokens")] = 1e9,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences per step (power's batch)")] = 256,
     set_: SetOption = [],  # noqa: B006
-    points: Annotated[int, typer.Option(help="rows of the table")] = 11,
+    points: Annotated[int, typer.Option(min=2, help="rows of the table")] = 11,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of the schedule here")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -160,23 +213,30 @@ def schedule(
 @app.command("coord-check")
 @user_errors
 def coord_check(
-    widths: Annotated[str, typer.Option(help="comma-separated widths")] = "64,128,256,512,1024",
-    parametrization: Annotated[str, typer.Option(help="mup or sp")] = "mup",
-    steps: Annotated[int, typer.Option(help="Adam steps to record")] = 4,
-    lr: Annotated[float | None, typer.Option(help="LR of the check (default: the calibrated one, larger than training)")] = None,
-    tolerance: Annotated[float, typer.Option(help="allowed growth of activations per doubling of width")] = 1.2,
+    widths: Annotated[str, typer.Option(help="comma-separated widths, at least two")] = "64,128,256,512,1024",
+    parametrization: Annotated[Parametrization, typer.Option(help="the parametrization to check")] = "mup",
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps to record")] = 4,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="LR of the check, > 0 (default: the calibrated one, larger than training)"),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(min=1, help="allowed growth of activations per doubling of width")
+    ] = 1.2,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of activations against width here")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The muP coordinate check: exit status 1 when activations drift with width beyond the tolerance."""
     from . import coord_check as cc
 
-    if parametrization not in ("mup", "sp"):
-        raise ConfigError(f"--parametrization: {parametrization!r} is not one of mup, sp")
     try:
-        width_list = [int(w) for w in widths.split(",") if w.strip()]
+        width_list = sorted({int(w) for w in widths.split(",") if w.strip()})
     except ValueError:
         raise ConfigError(f"--widths: {widths!r} must be comma-separated integers") from None
+    if len(width_list) < 2 or width_list[0] < 1:
+        raise ConfigError(f"--widths: {widths!r} needs at least two different positive widths")
+    if lr is not None and lr <= 0:
+        raise ConfigError(f"--lr: {lr} must be > 0")
     df = cc.coord_check(width_list, parametrization, steps=steps, **({"lr": lr} if lr is not None else {}))
     result = cc.verdict(df, tolerance)
     if plot is not None:
@@ -223,20 +283,32 @@ LAUNCH_KEYS = ", ".join(f.name for f in __import__("dataclasses").fields(LaunchC
 @user_errors
 def plan(
     spec: Annotated[Path, typer.Argument(help="sweep file (TOML)")],
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
-    throughput: Annotated[float, typer.Option(help="sustained training FLOP/s per GPU, for GPU-hours")] = 1e14,
-    max_array_size: Annotated[int | None, typer.Option(help="default: the cluster's MaxArraySize (1001 if unknown)")] = None,
-    head: Annotated[int, typer.Option(help="how many runs to list")] = 10,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}"),
+    ] = [],  # noqa: B006
+    throughput: Annotated[
+        float, typer.Option(min=1, help="sustained training FLOP/s per GPU, for GPU-hours")
+    ] = 1e14,
+    max_array_size: Annotated[
+        int | None, typer.Option(min=1, help="default: the cluster's MaxArraySize (1001 if unknown)")
+    ] = None,
+    head: Annotated[int, typer.Option(min=0, help="how many runs to list")] = 10,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs, tasks and arrays a sweep would submit; tokens, FLOPs and GPU-hours."""
+    """Runs, tasks and arrays a sweep would submit, whether they fit the cluster's limits; tokens, FLOPs, GPU-hours."""
+    import dataclasses
+
     from .plan import make_plan
-    from .slurm import max_array_size as cluster_max_array_size
+    from .slurm import cluster_limits
     from .spec import load_sweep
 
     sweep = load_sweep(spec)
     options = launch_options(sweep.launch, set_, None)
-    result = make_plan(sweep, options, max_array_size or cluster_max_array_size(), throughput, head)
+    limits = cluster_limits(options.account)
+    if max_array_size is not None:
+        limits = dataclasses.replace(limits, max_array_size=max_array_size)
+    result = make_plan(sweep, options, limits, throughput, head)
     if as_json:
         print_json(result.to_dict())
         return
@@ -264,24 +336,31 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
 @user_errors
 def launch(
     spec: Annotated[Path, typer.Argument(help="sweep file (TOML)")],
-    executor: Annotated[str, typer.Option(help="local (this machine), slurm (submitit job arrays) or debug (in-process)")] = "local",
+    executor: Annotated[
+        Executor, typer.Option(help="local: this machine; slurm: submitit job arrays; debug: in-process")
+    ] = "local",
     out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
-    workers: Annotated[int | None, typer.Option(help="local: runs at once (default: one per GPU, else CPU cores)")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="also rerun failed runs (diverged runs are results)")] = False,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="local: runs at once (default: one per GPU, else CPU cores)")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option(help="also rerun failed runs (diverged runs are results)")
+    ] = False,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}"),
+    ] = [],  # noqa: B006
     as_json: JsonOption = False,
 ) -> None:
     """Launch a sweep: runs without a record (and not queued) are submitted; finished ones are skipped."""
     from .launch import launch as do_launch
     from .spec import load_sweep
 
-    if executor not in ("local", "slurm", "debug"):
-        raise ConfigError(f"--executor: {executor!r} is not one of local, slurm, debug")
     sweep = load_sweep(spec)
     options = launch_options(sweep.launch, set_, workers)
     out = out or Path("results") / sweep.name
     with sweep_progress(executor == "local" and not as_json, f"sweep {sweep.name}") as on_progress:
-        result = do_launch(sweep, out, executor, options, retry_failed, on_progress)  # type: ignore[arg-type]
+        result = do_launch(sweep, out, executor, options, retry_failed, on_progress, on_wait=warn)
     if as_json:
         print_json(result.__dict__)
         return
@@ -321,7 +400,9 @@ class sweep_progress:  # noqa: N801 - used as a context manager like a function
 def status(
     sweep_dir: Annotated[Path, typer.Argument(help="sweep directory")],
     watch: Annotated[bool, typer.Option(help="refresh until nothing is queued or running")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between polls with --watch (at least 30 on Slurm)")] = 30.0,
+    interval: Annotated[
+        float, typer.Option(min=0, help="seconds between polls with --watch (at least 30 on Slurm)")
+    ] = 30.0,
     as_json: JsonOption = False,
 ) -> None:
     """Counts of finished, diverged, failed, running, pending and lost runs; failures with their logs."""
@@ -333,7 +414,7 @@ def status(
     while True:
         result = sweep_status(sweep)
         if result.warning and not warned:
-            err_console.print(f"[yellow]warning:[/yellow] {result.warning}")
+            warn(result.warning)
             warned = True
         if as_json:
             print_json(result.to_dict())
@@ -358,11 +439,14 @@ def render_status(result: Any) -> None:
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
     for failure in result.failures[:20]:
-        console.print(f"[red]failed[/red] {failure.run_id}: {failure.error}" + (f" (job {failure.job})" if failure.job else ""))
+        job = f" (job {failure.job})" if failure.job else ""
+        console.print(Text.assemble(("failed", "red"), f" {failure.run_id}: {failure.error}{job}"))
         for line in failure.log_tail:
             console.print(f"    {line}", highlight=False, markup=False)
+    for reason, n in sorted(result.lost.items(), key=lambda kv: -kv[1]):
+        console.print(Text.assemble(("lost", "yellow"), f" {n}: {reason} (launch again to rerun)"))
     for bad in result.bad_records:
-        console.print(f"[yellow]unreadable record[/yellow] {bad}")
+        console.print(Text.assemble(("untrusted record", "yellow"), f" {bad}"))
 
 
 @app.command()
@@ -376,14 +460,22 @@ def collect(
     from .store import collect as do_collect
 
     report = do_collect(SweepDir(sweep_dir))
-    data = {"runs": report.runs, "new": report.new, "runs_path": report.runs_path, "curves_path": report.curves_path,
-            "problems": [f"{p.path}: {p.reason}" for p in report.problems]}
+    data = {
+        "runs": report.runs,
+        "new": report.new,
+        "runs_path": report.runs_path,
+        "curves_path": report.curves_path,
+        "problems": [str(p) for p in report.problems],
+        "unreadable_curves": report.unreadable_curves,
+    }
     if as_json:
         print_json(data)
         return
     console.print(f"collected {report.runs} runs ({report.new} new) into {report.runs_path} and {report.curves_path}")
     for problem in data["problems"]:
-        err_console.print(f"[yellow]left out[/yellow] {problem} (counts as not finished)")
+        warn(f"left out {problem} (counts as not finished)")
+    for problem in report.unreadable_curves:
+        warn(f"curve left out: {problem}")
 
 
 # --- fit and export ----------------------------------------------------------------------------

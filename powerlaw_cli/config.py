@@ -11,24 +11,34 @@ Units: token counts are tokens, batch sizes are sequences, ``lr`` is the base Ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import re
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .errors import PlsweepError
+
 ScheduleName = Literal["constant", "cosine", "cyclic_cosine", "inverse_sqrt", "wsd", "wsd_s", "power"]
 DecayShape = Literal["linear", "cosine", "1-sqrt", "exponential"]
+DataSource = Literal["synthetic", "tokens", "text", "stdlib"]
+AveragingKind = Literal["none", "ema", "anytime", "tail"]
+Parametrization = Literal["mup", "sp"]
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
 
 
-class ConfigError(ValueError):
+class ConfigError(PlsweepError):
     """A setting is unknown, of the wrong type or out of range; the message is one line naming it."""
 
 
-def setting(default: Any, doc: str, *, identity: bool = True) -> Any:
-    """A config field with its documentation and whether it changes the run's result."""
-    metadata = {"doc": doc, "identity": identity}
+def setting(default: Any, doc: str, *, identity: bool = True, column: str | None = None) -> Any:
+    """A config field with its documentation and whether it changes the run's result.
+
+    A run-id setting is a column of the runs table (``schema.py``), named ``column`` (default: the field's name).
+    """
+    metadata = {"doc": doc, "identity": identity, "column": column}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,8 +49,23 @@ def _require(ok: bool, section: str, name: str, message: str) -> None:
         raise ConfigError(f"{section}.{name}: {message}")
 
 
+class Section:
+    """What every settings section offers besides its fields; sections are immutable, so a section shared by
+    many runs of a sweep computes these once."""
+
+    @functools.cached_property
+    def values(self) -> dict[str, Any]:
+        """{field: value} (plain data; do not modify)."""
+        return dataclasses.asdict(self)
+
+    @functools.cached_property
+    def identity_json(self) -> str:
+        """The canonical JSON of the fields that change a run's result (see ``stable_hash``)."""
+        return canonical_json({f.name: getattr(self, f.name) for f in fields(self) if f.metadata["identity"]})
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """The muP GPT proxy: a pre-norm decoder-only transformer."""
 
     width: int = setting(128, "d_model, the residual stream width")
@@ -49,7 +74,7 @@ class ModelConfig:
     mlp_ratio: float = setting(4.0, "MLP hidden width as a multiple of width")
     seq_len: int = setting(128, "tokens per training sequence")
     vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
-    parametrization: Literal["mup", "sp"] = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
+    parametrization: Parametrization = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
     base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
     base_head_dim: int = setting(0, "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
                                     "set it to head_dim when heads grow with width at a fixed head size)")
@@ -81,18 +106,43 @@ class ModelConfig:
         """muP's m = width / base_width (1 for sp, whose scalings ignore it)."""
         return self.width / self.base_width
 
+    @property
+    def mlp_hidden(self) -> int:
+        """Width of the MLP's hidden layer."""
+        return round(self.mlp_ratio * self.width)
+
+    @property
+    def params_non_embedding(self) -> int:
+        """Parameters of the proxy without token embedding, learned positions and readout: per block
+        two norm gains, qkv (3 w^2), the attention projection (w^2) and the MLP (2 w h); the final norm."""
+        w = self.width
+        return self.depth * (2 * w + 4 * w * w + 2 * w * self.mlp_hidden) + w
+
+    @property
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward = 3 x forward, 2 FLOPs per multiply-add).
+
+        ``6 * params_non_embedding + 6 * width * vocab_size + 12 * depth * width * seq_len``: the matrices,
+        the readout matmul (real compute, unlike the embedding lookup), and attention's scores and values
+        at full sequence length (PaLM's convention, which ignores the causal mask's halving).
+        Norms, GELU, softmax and rotary are not counted.
+        """
+        return 6 * self.params_non_embedding + 6 * self.width * self.vocab_size + 12 * self.depth * self.width * self.seq_len
+
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Where training and validation tokens come from."""
 
-    source: Literal["synthetic", "tokens", "text", "stdlib"] = setting(
+    source: DataSource = setting(
         "synthetic",
         "synthetic (a seeded Markov language), tokens (uint16/uint32 .bin or .npy), text (byte-level file or folder), "
         "stdlib (byte-level, the running Python's standard library sources)",
+        column="data",
     )
-    path: str = setting("", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder")
-    dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files")
+    path: str = setting("", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder",
+                        column="data")
+    dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files", column="data_dtype")
     synthetic_seed: int = setting(0, "synthetic: the seed of the language (its transition table)")
     zipf_exponent: float = setting(1.1, "synthetic: exponent s of the Zipf-like next-token weights k^-s")
     val_tokens: int = setting(65536, "size of the fixed held-out validation set, tokens")
@@ -105,7 +155,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(Section):
     """AdamW."""
 
     lr: float = setting(3e-3, "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power")
@@ -125,14 +175,14 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(Section):
     """The LR schedule, a function of tokens seen (never steps)."""
 
-    name: ScheduleName = setting("wsd", "constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")
+    name: ScheduleName = setting("wsd", "the LR schedule (formulas: powerlaw_cli/schedules.py)", column="schedule")
     warmup_tokens: int = setting(0, "linear warmup from 0, tokens")
     decay_tokens: int = setting(0, "wsd/wsd_s/power: decay length, tokens (0: use decay_fraction)")
     decay_fraction: float = setting(0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)")
-    decay_shape: DecayShape = setting("linear", "wsd/wsd_s/power decay: linear, cosine, 1-sqrt or exponential")
+    decay_shape: DecayShape = setting("linear", "shape of the wsd/wsd_s/power decay")
     final_lr_ratio: float = setting(0.0, "LR at the end of a decay (or of cosine) as a fraction of its start")
     cycle_tokens: int = setting(0, "cyclic_cosine: length of one cosine cycle, tokens")
     alpha_tokens: int = setting(1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens")
@@ -162,7 +212,7 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Section):
     """The training loop."""
 
     tokens: int = setting(2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps")
@@ -188,11 +238,12 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class AveragingConfig:
+class AveragingConfig(Section):
     """Weight averaging; a run reports the loss of the raw and of the averaged weights."""
 
-    kind: Literal["none", "ema", "anytime", "tail"] = setting(
-        "none", "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)")
+    kind: AveragingKind = setting(
+        "none", "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)",
+        column="averaging")
     ema_tokens: int = setting(1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))")
     anytime_gamma: float = setting(25.0, "anytime: old-weight coefficient 0.5^(gamma / (t + 1)), t in steps")
     tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
@@ -242,12 +293,12 @@ class RunConfig:
         return -(-self.training.tokens // self.batch_tokens)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain data: {section: {field: value}}."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_NAMES}
+        """Nested plain data: {section: {field: value}} (a fresh copy, safe to modify)."""
+        return {name: dict(getattr(self, name).values) for name in SECTION_NAMES}
 
     def flat(self) -> dict[str, Any]:
         """Flat plain data: {"section.field": value}."""
-        return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
+        return {f"{name}.{k}": v for name in SECTION_NAMES for k, v in getattr(self, name).values.items()}
 
     def identity(self) -> dict[str, dict[str, Any]]:
         """The settings that change the run's result (what ``run_id`` hashes)."""
@@ -257,10 +308,12 @@ class RunConfig:
             out[name] = {f.name: getattr(section, f.name) for f in fields(section) if f.metadata["identity"]}
         return out
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """A stable id: a hash of exactly the settings that change the result."""
-        return stable_hash(self.identity())
+        """A stable id: ``stable_hash(self.identity())``, a hash of exactly the settings that change the result,
+        assembled from each section's cached canonical JSON (computed once per config)."""
+        text = "{" + ",".join(f'"{name}":{getattr(self, name).identity_json}' for name in sorted(SECTION_NAMES)) + "}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
         """A copy with dotted overrides such as {"optimizer.lr": 1e-3}, validated like a file."""
@@ -273,8 +326,13 @@ class RunConfig:
         return RunConfig.from_dict(data, where)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
-        """Build and validate from {section: {field: value}}; missing sections and fields take defaults."""
+    def from_dict(cls, data: dict[str, Any], where: str = "config",
+                  shared: dict[tuple, Any] | None = None) -> RunConfig:
+        """Build and validate from {section: {field: value}}; missing sections and fields take defaults.
+
+        ``shared``: a dict kept across calls (one sweep's expansion) in which equal sections are built once
+        and shared by every run that has them.
+        """
         unknown = sorted(set(data) - set(SECTION_NAMES))
         if unknown:
             raise ConfigError(f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}")
@@ -283,7 +341,13 @@ class RunConfig:
             raw = data.get(name, {})
             if not isinstance(raw, dict):
                 raise ConfigError(f"{where}: [{name}] must be a table of settings, got {type(raw).__name__}")
-            sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
+            if shared is None:
+                sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
+                continue
+            key = (name, *sorted((k, type(v).__name__, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()))
+            if key not in shared:
+                shared[key] = section_from_dict(section_type, raw, f"{where}: {name}")
+            sections[name] = shared[key]
         try:
             return cls(**sections)
         except ConfigError as err:
@@ -304,14 +368,19 @@ def section_from_dict(section_type: type, raw: dict[str, Any], where: str) -> An
         raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
 
 
+@functools.cache
+def field_types(section_type: type) -> dict[str, Any]:
+    """{field: annotation} of a settings section (resolved once per section type)."""
+    return get_type_hints(section_type)
+
+
 def coerce_section(section_type: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check the names and types of a section's values (no cross-field checks) and coerce them."""
-    hints = get_type_hints(section_type)
-    valid = [f.name for f in fields(section_type)]
+    hints = field_types(section_type)
     values = {}
     for key, value in raw.items():
         if key not in hints:
-            raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(valid)}")
+            raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(hints)}")
         values[key] = coerce(value, hints[key], f"{where}.{key}")
     return values
 
@@ -352,10 +421,14 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported setting type {annotation!r}")
 
 
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no spaces: one text for equal data, whatever its key order."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def stable_hash(data: Any, length: int = 16) -> str:
     """Hex digest of canonical JSON: key order and int/float spelling of equal numbers do not matter."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:length]
 
 
 def settings_table() -> list[tuple[str, str, Any, str, bool]]:
@@ -366,6 +439,12 @@ def settings_table() -> list[tuple[str, str, Any, str, bool]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"]))
     return rows
+
+
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.,+-]*")
+SLURM_CONSTRAINT = re.compile(r"[A-Za-z0-9_.,+&|!*()\[\]:-]*")
+SBATCH_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?:=[^\x00-\x1f\x7f]*)?")
+SBATCH_OWN = frozenset({"array", "chdir", "error", "job-name", "open-mode", "output", "signal", "wrap"})
 
 
 @dataclass(frozen=True)
@@ -393,5 +472,15 @@ class LaunchConfig:
         for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds"):
             _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
         _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
+        # These values become #SBATCH lines of the job script: a restricted alphabet, never a control character.
+        for name in ("partition", "account", "qos"):
+            _require(SLURM_NAME.fullmatch(getattr(self, name)) is not None, "launch", name,
+                     f"{getattr(self, name)!r} may hold only letters, digits and . _ , + -")
+        _require(SLURM_CONSTRAINT.fullmatch(self.constraint) is not None, "launch", "constraint",
+                 f"{self.constraint!r} may hold only letters, digits and . _ , + - & | ! * ( ) [ ] :")
         for line in self.sbatch_extra:
-            _require(line.startswith("--"), "launch", "sbatch_extra", f"{line!r} must be an option like --key=value")
+            match = SBATCH_OPTION.fullmatch(line)
+            _require(match is not None, "launch", "sbatch_extra",
+                     f"{line!r} must be an option --key or --key=value without control characters")
+            _require(match.group(1) not in SBATCH_OWN, "launch", "sbatch_extra",
+                     f"{line!r}: plsweep sets --{match.group(1)} itself")

@@ -23,17 +23,15 @@ import pandas as pd
 from .fit_groups import batch_optima, group_label, top_k_gamma, transfer_check
 from .fit_laws import FitError, Prediction, canonical, failed_law, fit_law, parse_law, predict_law
 from .fit_optimum import find_optimum
-from .schema import RUN_COLUMNS, STATUSES
-from .store import atomic_write_bytes, json_ready
+from .schema import IDENTITY_COLUMNS, RUN_COLUMNS, STATUSES
+from .store import atomic_write, json_ready
 
 __all__ = ["FitError", "FitResult", "Prediction", "fit_sweep", "load_runs", "predict", "predict_all", "read_fit",
            "write_fit"]
 
 REQUIRED = ("lr", "batch_size", "tokens")
-CELL_CANDIDATES = ("parametrization", "width", "depth", "n_heads", "base_width", "seq_len", "vocab_size",
-                   "params_non_embedding", "batch_size", "tokens", "schedule", "warmup_tokens", "decay_tokens",
-                   "decay_shape", "weight_decay", "averaging", "data")
-"""Default cell grouping: the config columns of the runs table (lr, seed and results left out) present."""
+CELL_CANDIDATES = (*(c for c in IDENTITY_COLUMNS if c not in ("lr", "seed")), "params_non_embedding")
+"""Default cell grouping: every run-id setting of the runs table but LR and seed (and the model size they imply)."""
 DEFAULT_LAWS = {"free": "lr_opt ~ batch_size + tokens", "power": "lr_opt ~ batch_size^1 + tokens"}
 BATCH_LAW = "batch_opt ~ tokens"
 MIN_CELLS = 3
@@ -340,7 +338,7 @@ def write_fit(result: FitResult | dict, out_dir: str | Path) -> Path:
     """Write ``fit.json`` into ``out_dir`` atomically; return its path."""
     data = result.to_dict() if isinstance(result, FitResult) else result
     path = Path(out_dir) / "fit.json"
-    atomic_write_bytes(path, json.dumps(data, indent=1, allow_nan=False).encode())
+    atomic_write(path, json.dumps(data, indent=1, allow_nan=False).encode())
     return path
 
 

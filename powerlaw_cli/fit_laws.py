@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from .errors import PlsweepError
+
 ALIASES = {"batch": "batch_size", "b": "batch_size", "bs": "batch_size", "t": "tokens", "d": "tokens",
            "n": "params_non_embedding", "params": "params_non_embedding"}
 MAX_EXPONENT_CI_WIDTH = 0.5  # a free exponent whose interval is wider than this is "poorly determined"
@@ -31,7 +33,7 @@ MAX_ABS_CORRELATION = 0.9  # |corr(ln x_i, ln x_j)| above this: the exponents tr
 CELLS_PER_PARAMETER = 3  # fewer points than this times the coefficients: a warning
 
 
-class FitError(ValueError):
+class FitError(PlsweepError):
     """The data cannot support the requested fit; the message says why, in one line."""
 
 

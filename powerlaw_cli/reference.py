@@ -11,8 +11,9 @@ import re
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
-from .config import LaunchConfig, settings_table
+from .config import SECTION_TYPES, LaunchConfig, field_types, settings_table
 from .schema import CURVE_COLUMNS, RUN_COLUMNS
 
 
@@ -31,20 +32,31 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def values_of(annotation: Any) -> str:
+    """What a setting takes, from its type: the choices of a Literal, else the kind of value."""
+    if get_origin(annotation) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(annotation))
+    if get_origin(annotation) is list:
+        return f"list of {values_of(get_args(annotation)[0])}s"
+    return {int: "integer", float: "number", str: "string", bool: "true, false"}[annotation]
+
+
 def settings_markdown() -> str:
-    """Every run setting: section.field, default, meaning, and whether it is part of the run id."""
-    lines = ["| setting | default | meaning | in run id |", "|---|---|---|---|"]
+    """Every run setting: section.field, default, values, meaning, and whether it is part of the run id."""
+    lines = ["| setting | default | values | meaning | in run id |", "|---|---|---|---|---|"]
     for section, name, default, doc, identity in settings_table():
-        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {_cell(doc)} | {'yes' if identity else 'no'} |")
+        values = values_of(field_types(SECTION_TYPES[section])[name])
+        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {values} | {_cell(doc)} | {'yes' if identity else 'no'} |")
     return "\n".join(lines)
 
 
 def launch_markdown() -> str:
     """The ``[launch]`` section: every field, its default and meaning."""
-    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    lines = ["| setting | default | values | meaning |", "|---|---|---|---|"]
     for f in fields(LaunchConfig):
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        lines.append(f"| `{f.name}` | `{_toml(default)}` | {_cell(f.metadata['doc'])} |")
+        values = values_of(field_types(LaunchConfig)[f.name])
+        lines.append(f"| `{f.name}` | `{_toml(default)}` | {values} | {_cell(f.metadata['doc'])} |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The sweep directory: its layout, atomic writes, trusted records, and ``collect`` to Parquet.
+"""The sweep directory: its layout, the one writer of its files, trusted records, and ``collect``.
 
 Layout (the single source of truth; every command after ``launch`` reads only this)::
 
@@ -8,47 +8,67 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       manifest.parquet            one row per run: run_id, trunk_id, every setting, config JSON
       tasks/launch-N.json         the run ids of every task of launch N, and its options
       launches.jsonl              one line per launch: executor, job ids per task
+      launch.lock                 held by the launch that is reading the state or submitting
+      records.index.json          status, error and file key of every trusted record (status and launch read it)
       runs/ab/RUN_ID.json         one record per finished run, written atomically
-      curves/ab/RUN_ID.parquet    the run's loss curve
+      curves/ab/RUN_ID.arrow      the run's loss curve (Arrow IPC, zstd)
       checkpoints/KEY.pt          resumable state of unfinished work (removed once recorded)
       jobs/                       submitit's folder (pickles, logs)
       code/HASH/powerlaw_cli      the code snapshot Slurm workers run
-      runs.parquet, curves.parquet   written by collect
+      runs.parquet, curves.parquet   the records and curves as tables
 
-A run is finished when its record exists. Nothing here imports torch.
+A run is finished when its record exists. Two caches keep commands from re-reading every record:
+``records.index.json`` (for ``status`` and ``launch``) and the metadata of ``runs.parquet`` (for
+``collect``) hold each record file's key (modification time, size, inode), so each reads only the
+records that are new or changed since it last looked. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from .schema import CURVES_SCHEMA, RUNS_SCHEMA, STATUSES
+from .errors import PlsweepError
+from .schema import CURVES_SCHEMA, RUNS_SCHEMA, record_problem
 
-RECORD_MTIMES_KEY = b"plsweep.record_mtimes"
+RECORD_KEYS = b"plsweep.record_keys"
+"""Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from."""
 
 
-class SweepDirError(ValueError):
+class SweepDirError(PlsweepError):
     """The directory is not a sweep directory, or belongs to another sweep."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` so that readers see the old file or the new one, never a part.
+
+    ``data`` is the bytes, or a function that writes into the open binary file (e.g. a Parquet writer).
+    The file goes to a temporary name in the same folder, is flushed to disk, then renamed over ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                data(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -57,17 +77,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_table(path: Path, table: pa.Table) -> None:
+    """A Parquet file, written atomically."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+
+def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None) -> pa.Table:
+    """A Parquet file (only ``columns``, only the rows of ``run_ids`` if given), read directly: ``pq.read_table``
+    goes through pyarrow's dataset layer, which imports pandas, and is slower for one file."""
+    table = pq.ParquetFile(path).read(columns=columns)
+    if run_ids is not None:
+        table = table.filter(pc.is_in(table["run_id"], value_set=pa.array(run_ids, pa.string())))
+    return table
 
 
 def json_ready(value: Any) -> Any:
@@ -81,6 +102,25 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def write_run_files(record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+    """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
+
+    The record comes last: its existence means the run is finished (``plsweep train`` uses this too).
+    """
+    if curve:
+        rows = [{**row, "run_id": record["run_id"]} for row in curve]
+        table = pa.Table.from_pylist(rows, schema=CURVES_SCHEMA)
+        atomic_write(curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"))
+    atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
+
+
+def read_curve(path: Path) -> pa.Table:
+    """A run's curve: ``.arrow`` (Arrow IPC), or the ``.parquet`` of plsweep before 0.2."""
+    if path.suffix == ".parquet":
+        return read_table(path).cast(CURVES_SCHEMA)
+    return pa.ipc.open_file(path).read_all().cast(CURVES_SCHEMA)
+
+
 @dataclass
 class RecordProblem:
     """A record file that cannot be trusted, and why."""
@@ -88,12 +128,16 @@ class RecordProblem:
     path: Path
     reason: str
 
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
 
 @dataclass
 class SweepDir:
     """Paths and I/O of one sweep directory."""
 
     root: Path
+    _info: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -102,6 +146,8 @@ class SweepDir:
     info_path = property(lambda self: self.root / "sweep.json")
     manifest_path = property(lambda self: self.root / "manifest.parquet")
     launches_path = property(lambda self: self.root / "launches.jsonl")
+    lock_path = property(lambda self: self.root / "launch.lock")
+    index_path = property(lambda self: self.root / "records.index.json")
     jobs_dir = property(lambda self: self.root / "jobs")
     runs_table_path = property(lambda self: self.root / "runs.parquet")
     curves_table_path = property(lambda self: self.root / "curves.parquet")
@@ -121,22 +167,48 @@ class SweepDir:
                     f"(hash {sweep_hash}); launch a changed spec into a new directory (--out)"
                 )
             return
-        if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and any(p.name != self.lock_path.name for p in self.root.iterdir()):
             raise SweepDirError(f"{self.root} exists, is not empty and is not a sweep directory")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        atomic_write_bytes(self.spec_path, spec_text.encode())
+        atomic_write(self.spec_path, spec_text.encode())
         info = {"name": name, "sweep_hash": sweep_hash, "created_at": datetime.now().astimezone().isoformat()}
-        atomic_write_bytes(self.info_path, json.dumps(info, indent=2).encode())
+        atomic_write(self.info_path, json.dumps(info, indent=2).encode())
 
     def info(self) -> dict[str, str]:
         """{name, sweep_hash, created_at}; raises SweepDirError if this is not a sweep directory."""
-        try:
-            return json.loads(self.info_path.read_text())
-        except FileNotFoundError:
-            raise SweepDirError(f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first") from None
-        except json.JSONDecodeError as err:
-            raise SweepDirError(f"{self.info_path}: corrupt ({err})") from None
+        if self._info is None:
+            try:
+                self._info = json.loads(self.info_path.read_text())
+            except FileNotFoundError:
+                raise SweepDirError(f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first") from None
+            except (OSError, ValueError) as err:
+                raise SweepDirError(f"{self.info_path}: unreadable ({err})") from None
+        return self._info
+
+    @contextlib.contextmanager
+    def launch_lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the sweep's launch lock: one launch at a time reads the state, submits and records.
+
+        A second launch waits (``on_wait`` gets one message naming the holder) until the first has
+        recorded what it submitted. The kernel releases the lock when its holder exits or dies; on a
+        shared file system it needs working ``flock`` (NFSv4, Lustre mounted with ``flock``, GPFS).
+        """
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if on_wait is not None:
+                    on_wait(f"{self.root}: waiting for the launch held by {holder} to finish submitting")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n")
+            handle.flush()
+            yield
 
     # --- per-run files ----------------------------------------------------------------------
 
@@ -144,7 +216,7 @@ class SweepDir:
         return self.root / "runs" / run_id[:2] / f"{run_id}.json"
 
     def curve_path(self, run_id: str) -> Path:
-        return self.root / "curves" / run_id[:2] / f"{run_id}.parquet"
+        return self.root / "curves" / run_id[:2] / f"{run_id}.arrow"
 
     def checkpoint_path(self, key: str) -> Path:
         return self.root / "checkpoints" / f"{key}.pt"
@@ -154,22 +226,31 @@ class SweepDir:
 
     def write_result(self, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         """Write a run's curve, then its record: the record's existence means the run is finished."""
-        run_id = record["run_id"]
-        if curve:
-            rows = [{**row, "run_id": run_id} for row in curve]
-            atomic_write_table(self.curve_path(run_id), pa.Table.from_pylist(rows, schema=CURVES_SCHEMA))
-        text = json.dumps(json_ready(record), indent=1, sort_keys=True)
-        atomic_write_bytes(self.record_path(run_id), text.encode())
+        write_run_files(self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve)
 
-    def record_files(self) -> list[Path]:
-        runs = self.root / "runs"
-        return sorted(runs.glob("*/*.json")) if runs.exists() else []
+    def record_files(self) -> dict[str, tuple[Path, str]]:
+        """run_id -> (path, key) of every record file; the key (mtime, size, inode) changes when it is replaced."""
+        out: dict[str, tuple[Path, str]] = {}
+        try:
+            prefixes = os.scandir(self.root / "runs")
+        except FileNotFoundError:
+            return out
+        with prefixes:
+            for prefix in prefixes:
+                if not prefix.is_dir():
+                    continue
+                with os.scandir(prefix.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".json") and not entry.name.startswith("."):
+                            st = entry.stat()
+                            out[entry.name[:-5]] = (Path(entry.path), f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}")
+        return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
-        """A record, trusted only if it parses and belongs here (run id = file name, sweep hash)."""
+        """A record, trusted only if it parses, belongs here (run id = file name, sweep hash) and fits the schema."""
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            record = json.loads(path.read_bytes())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
             return RecordProblem(path, f"unreadable ({type(err).__name__}: {err})")
         if not isinstance(record, dict):
             return RecordProblem(path, "not a JSON object")
@@ -178,44 +259,49 @@ class SweepDir:
         expected = sweep_hash if sweep_hash is not None else self.info()["sweep_hash"]
         if record.get("sweep_hash") != expected:
             return RecordProblem(path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}")
-        if record.get("status") not in STATUSES:
-            return RecordProblem(path, f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
-        return record
+        problem = record_problem(record)
+        return RecordProblem(path, f"does not fit the runs schema: {problem}") if problem else record
 
-    def records(self) -> tuple[dict[str, dict[str, Any]], list[RecordProblem]]:
-        """All trusted records by run id, and the problems of the others."""
-        sweep_hash = self.info()["sweep_hash"]
-        good: dict[str, dict[str, Any]] = {}
-        bad: list[RecordProblem] = []
-        for path in self.record_files():
-            record = self.read_record(path, sweep_hash)
-            if isinstance(record, RecordProblem):
-                bad.append(record)
-            else:
-                good[record["run_id"]] = record
-        return good, bad
+    def read_result(self, run_id: str) -> dict[str, Any] | RecordProblem | None:
+        """The trusted record of one run, its problem, or None when it has no record file."""
+        path = self.record_path(run_id)
+        return self.read_record(path) if path.exists() else None
 
     # --- manifest, tasks, launches ----------------------------------------------------------
 
     def write_manifest(self, table: pa.Table) -> None:
-        atomic_write_table(self.manifest_path, table)
+        write_table(self.manifest_path, table)
 
-    def manifest(self) -> pa.Table:
+    def _read_manifest(self, columns: list[str], run_ids: list[str] | None = None) -> pa.Table:
+        self.info()  # not a sweep directory at all: say so
         if not self.manifest_path.exists():
             raise SweepDirError(f"{self.root}: no manifest.parquet; the sweep was never launched")
-        return pq.read_table(self.manifest_path)
+        return read_table(self.manifest_path, columns, run_ids)
+
+    def manifest_run_ids(self) -> list[str]:
+        """Every run of the sweep, in grid order."""
+        return self._read_manifest(["run_id"]).column("run_id").to_pylist()
+
+    def manifest_configs(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The settings {section: {field: value}} of these runs only (a worker's task), from the manifest."""
+        table = self._read_manifest(["run_id", "config"], list(run_ids))
+        return dict(zip(table.column("run_id").to_pylist(), map(json.loads, table.column("config").to_pylist()),
+                        strict=True))
 
     def write_tasks(self, launch: int, tasks: list[list[str]], options: dict[str, Any]) -> None:
         """Launch N's run ids per task and the options its workers follow, written before anything runs."""
-        atomic_write_bytes(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
+        atomic_write(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
+
+    def _tasks_file(self, launch: int) -> dict[str, Any]:
+        return json.loads(self.tasks_path(launch).read_text())
 
     def tasks(self, launch: int) -> list[list[str]]:
         """The run ids of every task of launch N."""
-        return json.loads(self.tasks_path(launch).read_text())["tasks"]
+        return self._tasks_file(launch)["tasks"]
 
     def task_options(self, launch: int) -> dict[str, Any]:
         """The options launch N's workers follow (share_trunks, retry_failed)."""
-        return json.loads(self.tasks_path(launch).read_text())["options"]
+        return self._tasks_file(launch)["options"]
 
     def launches(self) -> list[dict[str, Any]]:
         """Every launch so far, oldest first (lines that do not parse are skipped)."""
@@ -238,13 +324,106 @@ class SweepDir:
             handle.write(json.dumps(entry) + "\n")
 
 
-def awaits_retry(record: dict[str, Any], entry: dict[str, Any]) -> bool:
-    """Is this failed run still to be retried by launch ``entry``? Only if that launch reruns failures and
-    the record predates it; a record written after it came from that launch's own attempt."""
-    if record["status"] != "failed" or not entry.get("retry_failed") or not record.get("finished_at"):
-        return False
-    return datetime.fromisoformat(record["finished_at"]) < datetime.fromisoformat(entry["submitted_at"])
+# --- the record index: what status and launch need of every record -----------------------------
 
+@dataclass
+class RecordIndex:
+    """Per trusted record: its status, error and finish time; and the record files that cannot be trusted."""
+
+    records: dict[str, dict[str, Any]]
+    problems: list[RecordProblem]
+
+
+INDEX_FIELDS = ("status", "error", "finished_at")
+
+
+def record_index(sweep: SweepDir) -> RecordIndex:
+    """The status, error and finish time of every trusted record, from ``records.index.json``.
+
+    The index keeps each record file's key (modification time, size, inode): only records that are new or
+    changed since it was written are read and checked, and it is rewritten (atomically) only then. Records
+    that cannot be trusted are not indexed, so they are read again, and reported, every time. Plain JSON:
+    building Arrow tables from Python objects would import pandas, which ``status`` must not.
+    """
+    sweep_hash = sweep.info()["sweep_hash"]
+    files = sweep.record_files()
+    try:
+        old = json.loads(sweep.index_path.read_bytes())
+    except (OSError, ValueError):
+        old = {}
+    index = {run_id: entry for run_id, entry in old.items() if run_id in files and entry.get("key") == files[run_id][1]}
+    problems = []
+    for run_id, (path, key) in files.items():
+        if run_id in index:
+            continue
+        record = sweep.read_record(path, sweep_hash)
+        if isinstance(record, RecordProblem):
+            problems.append(record)
+        else:
+            index[run_id] = {"key": key, **{name: record.get(name) for name in INDEX_FIELDS}}
+    if index != old:
+        atomic_write(sweep.index_path, json.dumps(index).encode())
+    return RecordIndex(index, problems)
+
+
+# --- the runs table --------------------------------------------------------------------------------
+
+def _table_keys(path: Path, expected: pa.Schema) -> dict[str, str] | None:
+    """The record keys a table was built from (None: no such table, an unreadable one, or one written by a
+    version with another schema, which is then rebuilt)."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return None
+    metadata = schema.metadata or {}
+    if RECORD_KEYS not in metadata or not schema.remove_metadata().equals(expected):
+        return None
+    try:
+        return json.loads(metadata[RECORD_KEYS])
+    except ValueError:
+        return None
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    row = {name: record.get(name) for name in RUNS_SCHEMA.names}
+    for name in ("started_at", "finished_at"):
+        if row[name] is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    if isinstance(row["config"], dict):
+        row["config"] = json.dumps(row["config"], sort_keys=True)
+    return row
+
+
+def _update_runs_table(sweep: SweepDir) -> tuple[dict[str, str], list[str], list[RecordProblem]]:
+    """Bring ``runs.parquet`` up to date with the record files: read only records that are new or changed
+    since it was written (their keys are in its metadata), leave out and report the untrusted ones.
+    Returns the keys of its rows, the run ids read just now, and the problems."""
+    sweep_hash = sweep.info()["sweep_hash"]
+    files = sweep.record_files()
+    path = sweep.runs_table_path
+    old_keys = _table_keys(path, RUNS_SCHEMA) or {}
+    fresh = [run_id for run_id, (_, key) in files.items() if old_keys.get(run_id) != key]
+    rows, read, problems = [], [], []
+    for run_id in fresh:
+        record = sweep.read_record(files[run_id][0], sweep_hash)
+        if isinstance(record, RecordProblem):
+            problems.append(record)
+            continue
+        rows.append(_row(record))
+        read.append(run_id)
+    kept = [run_id for run_id in old_keys if run_id in files and run_id not in set(fresh)]
+    if not read and len(kept) == len(old_keys) and path.exists():
+        return old_keys, [], problems  # nothing new, nothing gone: the table stands
+    parts = [pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)]
+    if kept:
+        parts.append(read_table(path, run_ids=kept).cast(RUNS_SCHEMA))
+    table = pa.concat_tables(parts).sort_by("run_id")
+    keys = {run_id: files[run_id][1] for run_id in table.column("run_id").to_pylist()}
+    write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
+    return keys, read, problems
+
+
+# --- collect ---------------------------------------------------------------------------------------
 
 @dataclass
 class CollectReport:
@@ -255,93 +434,50 @@ class CollectReport:
     problems: list[RecordProblem] = field(default_factory=list)
     runs_path: Path | None = None
     curves_path: Path | None = None
-
-
-def _record_row(record: dict[str, Any]) -> dict[str, Any]:
-    row = {name: record.get(name) for name in RUNS_SCHEMA.names}
-    for name in ("started_at", "finished_at"):
-        if isinstance(row[name], str):
-            row[name] = datetime.fromisoformat(row[name])
-    if isinstance(row["config"], dict):
-        row["config"] = json.dumps(row["config"], sort_keys=True)
-    return row
+    unreadable_curves: list[str] = field(default_factory=list)
 
 
 def collect(sweep: SweepDir) -> CollectReport:
-    """Gather records into ``runs.parquet`` and curves into ``curves.parquet``, incrementally.
+    """Bring ``runs.parquet`` and ``curves.parquet`` up to date with the records, incrementally.
 
-    Only records that are new or changed since the last collect (by file modification time, kept in
-    the Parquet file's metadata) are read. Corrupt or foreign records are reported and left out, so
-    they count as not finished. Both files are replaced atomically: two collects at once never leave
-    a broken file (the later one wins).
+    Records and curves that are new or changed since the last collect are read; corrupt, foreign or
+    invalid records are reported and left out, so they count as not finished. Both files are replaced
+    atomically: two collects at once never leave a broken file (the later one wins).
     """
-    sweep_hash = sweep.info()["sweep_hash"]
-    old_rows, old_mtimes = _read_previous(sweep.runs_table_path)
-    files = {path.stem: path for path in sweep.record_files()}
-    mtimes = {run_id: path.stat().st_mtime_ns for run_id, path in files.items()}
-    changed = [run_id for run_id in files if old_mtimes.get(run_id) != mtimes[run_id]]
-    report = CollectReport()
-    rows = {run_id: row for run_id, row in old_rows.items() if run_id in files and run_id not in changed}
-    fresh: list[str] = []
-    for run_id in changed:
-        record = sweep.read_record(files[run_id], sweep_hash)
-        if isinstance(record, RecordProblem):
-            report.problems.append(record)
-            mtimes.pop(run_id)
-            continue
-        rows[run_id] = _record_row(record)
-        fresh.append(run_id)
-    kept = {run_id: mtimes[run_id] for run_id in rows}
-    table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=RUNS_SCHEMA)
-    table = table.replace_schema_metadata({RECORD_MTIMES_KEY: json.dumps(kept).encode()})
-    _write_curves(sweep, set(rows), set(fresh))
-    atomic_write_table(sweep.runs_table_path, table)
-    report.runs, report.new = len(rows), len(fresh)
-    report.runs_path, report.curves_path = sweep.runs_table_path, sweep.curves_table_path
-    return report
+    keys, fresh, problems = _update_runs_table(sweep)
+    unreadable = _update_curves(sweep, keys)
+    return CollectReport(len(keys), len(fresh), problems, sweep.runs_table_path, sweep.curves_table_path, unreadable)
 
 
-def _read_previous(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """Rows and record mtimes of a previous collect; an unreadable file means starting over."""
-    if not path.exists():
-        return {}, {}
-    try:
-        table = pq.read_table(path)
-        metadata = table.schema.metadata or {}
-        mtimes = json.loads(metadata.get(RECORD_MTIMES_KEY, b"{}"))
-        return {row["run_id"]: row for row in table.to_pylist()}, mtimes
-    except (pa.ArrowException, OSError, json.JSONDecodeError):
-        return {}, {}
+def _update_curves(sweep: SweepDir, keys: dict[str, str]) -> list[str]:
+    """curves.parquet = the kept curves of the old file + the curve files of runs whose record is new.
 
-
-def _write_curves(sweep: SweepDir, keep: set[str], fresh: set[str]) -> None:
-    """curves.parquet = old curves of kept runs + the curves of fresh runs."""
-    parts: list[pa.Table] = []
+    Returns the curve files that could not be read (their runs stay in runs.parquet, without a curve).
+    """
     path = sweep.curves_table_path
-    if path.exists() and not fresh >= keep:
-        try:
-            old = pq.read_table(path)
-            stale = pa.array(sorted(fresh) + sorted(set(_unique_run_ids(old)) - keep), pa.string())
-            parts.append(old.filter(pc.invert(pc.is_in(old["run_id"], value_set=stale))).cast(CURVES_SCHEMA))
-        except (pa.ArrowException, OSError):
-            fresh = set(keep)  # an unreadable old file: rebuild every curve from its run file
-    missing = keep - fresh - {run_id for part in parts for run_id in _unique_run_ids(part)}
-    parts.extend(_read_curve_files(sweep, sorted(fresh | missing)))
-    table = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
-    atomic_write_table(path, table)
-
-
-def _unique_run_ids(table: pa.Table) -> list[str]:
-    return pc.unique(table["run_id"]).to_pylist()
-
-
-def _read_curve_files(sweep: SweepDir, run_ids: list[str]) -> list[pa.Table]:
-    tables = []
-    for run_id in run_ids:
-        path = sweep.curve_path(run_id)
-        if path.exists():
+    old_keys = _table_keys(path, CURVES_SCHEMA)
+    if old_keys == keys:
+        return []
+    old_keys = old_keys or {}
+    fresh = [run_id for run_id, key in keys.items() if old_keys.get(run_id) != key]
+    kept = [run_id for run_id in keys if run_id in old_keys and run_id not in set(fresh)]
+    parts, unreadable = [], []
+    for run_id in fresh:
+        if (curve := _existing_curve(sweep, run_id)) is not None:
             try:
-                tables.append(pq.read_table(path).cast(CURVES_SCHEMA))
-            except (pa.ArrowException, OSError):
-                continue  # a run's missing curve never blocks collecting its record
-    return tables
+                parts.append(read_curve(curve))
+            except (OSError, pa.ArrowException) as err:
+                unreadable.append(f"{curve}: {' '.join(str(err).split())[:160]}")
+    if kept:
+        parts.append(read_table(path, run_ids=kept).cast(CURVES_SCHEMA))
+    table = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
+    write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
+    return unreadable
+
+
+def _existing_curve(sweep: SweepDir, run_id: str) -> Path | None:
+    path = sweep.curve_path(run_id)
+    for candidate in (path, path.with_suffix(".parquet")):
+        if candidate.exists():
+            return candidate
+    return None

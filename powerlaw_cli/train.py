@@ -22,7 +22,7 @@ import torch
 from .averaging import build_averager
 from .config import RunConfig
 from .data import TokenSource
-from .model import GPT
+from .model import GPT, cross_entropy
 
 
 class Diverged(Exception):
@@ -55,11 +55,6 @@ class Control:
             self.save_now, self.last_save = False, time.monotonic()
         if self.stop_after_save:
             raise StopRequested("stopped at a step boundary after saving a checkpoint")
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss in nats, in fp32 also under bf16 autocast."""
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def resolve_device(setting: str) -> torch.device:

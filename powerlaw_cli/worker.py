@@ -1,51 +1,54 @@
 """What runs inside one array task (Slurm) or one local process: the chains of one task of a launch.
 
 Workers receive paths and numbers, never objects: (sweep directory, launch number, task index). They
-read the task's run ids and the runs' settings from the sweep directory, skip runs already recorded,
-and write one record per run. Signals are turned into step-boundary requests: SIGTERM (scancel,
-``scontrol requeue``, preemption) saves a checkpoint and stops; submitit's timeout signal (USR2) saves
-a checkpoint and then lets submitit requeue the job, whose next start resumes from that checkpoint.
+read the task's run ids, and the settings of those runs only, from the sweep directory, skip runs
+already recorded, and write one record per run. Signals are turned into step-boundary requests:
+SIGTERM (scancel, ``scontrol requeue``, preemption) saves a checkpoint and stops; submitit's timeout
+signal (USR2) saves a checkpoint and then lets submitit requeue the job, whose next start resumes from
+that checkpoint. Importing this module costs no torch (the launcher pickles ``SlurmTask`` by reference).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
-import torch
 
-from .chains import ChainRunner, plan_chains
+from .chains import plan_chains
 from .config import RunConfig
-from .store import RecordProblem, SweepDir
-from .train import Control, StopRequested
+from .store import SweepDir
+
+if TYPE_CHECKING:
+    from .train import Control
 
 
-def manifest_configs(sweep: SweepDir) -> dict[str, RunConfig]:
-    """Every run's settings, from the manifest's config column."""
-    table = sweep.manifest().select(["run_id", "config"]).to_pylist()
-    return {row["run_id"]: RunConfig.from_dict(json.loads(row["config"]), f"{sweep.manifest_path}") for row in table}
+def task_configs(sweep: SweepDir, launch: int, task: int) -> list[RunConfig]:
+    """The settings of the runs of one task (and of no other run), in the task's order."""
+    run_ids = sweep.tasks(launch)[task]
+    configs = sweep.manifest_configs(run_ids)
+    return [RunConfig.from_dict(configs[run_id], f"{sweep.manifest_path} run {run_id}") for run_id in run_ids]
 
 
-def is_result(sweep: SweepDir, sweep_hash: str, run_id: str, redo_failed: bool = True) -> bool:
+def is_result(sweep: SweepDir, run_id: str, redo_failed: bool = True) -> bool:
     """True when a trusted record says the run is done: ok or diverged, or failed unless ``redo_failed``."""
-    path = sweep.record_path(run_id)
-    if not path.exists():
-        return False
-    record = sweep.read_record(path, sweep_hash)
-    return not isinstance(record, RecordProblem) and (record["status"] != "failed" or not redo_failed)
+    record = sweep.read_result(run_id)
+    return isinstance(record, dict) and (record["status"] != "failed" or not redo_failed)
 
 
 def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | None = None) -> dict[str, Any]:
     """Train every run of one task; returns {status: count} of the runs it recorded."""
+    from .runner import ChainRunner
+    from .train import Control
+
+    started = time.monotonic()
     sweep = SweepDir(Path(sweep_dir))
     info = sweep.info()
-    configs = manifest_configs(sweep)
-    runs = [configs[run_id] for run_id in sweep.tasks(launch)[task]]
+    runs = task_configs(sweep, launch, task)
     options = sweep.task_options(launch)
     control = control or Control()
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
@@ -58,11 +61,13 @@ def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | N
               flush=True)
 
     def done(run_id: str) -> bool:
-        return is_result(sweep, info["sweep_hash"], run_id, redo_failed=options["retry_failed"])
+        return is_result(sweep, run_id, redo_failed=options["retry_failed"])
 
+    print(f"task {launch}/{task}: {len(runs)} runs, started in {time.monotonic() - started:.2f} s", flush=True)
     for chain in plan_chains(runs, share_trunks=options["share_trunks"]):
         control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
         ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result, done, control, extra).run()
+    print(f"task {launch}/{task}: done in {time.monotonic() - started:.2f} s: {counts}", flush=True)
     return counts
 
 
@@ -74,6 +79,10 @@ class SlurmTask(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, sweep_dir: str, launch: int, task: int) -> dict[str, Any]:
+        import torch
+
+        from .train import Control, StopRequested
+
         print(f"plsweep code: {Path(__file__).resolve().parent}", flush=True)
         if os.environ.get("SLURM_CPUS_PER_TASK"):  # unbound, torch would use every core of the node
             torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))

@@ -48,7 +48,7 @@ def test_train_writes_a_record_and_is_deterministic(tmp_path):
     first = json.loads(out)
     assert first["status"] == "ok" and first["tokens_seen"] == 2048 and math.isfinite(first["final_val_loss"])
     assert json.loads((tmp_path / "a" / "record.json").read_text())["run_id"] == first["run_id"]
-    assert len(pd.read_parquet(tmp_path / "a" / "curve.parquet")) >= 2
+    assert len(pd.read_feather(tmp_path / "a" / "curve.arrow")) >= 2
     code, out, _ = invoke("train", *TINY_RUN, "--out", tmp_path / "b", "--json")
     assert json.loads(out)["final_val_loss"] == first["final_val_loss"]
 

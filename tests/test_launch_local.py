@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, record_paths, trusted_records
 
 from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
@@ -59,7 +59,7 @@ def max_overlap(records: list[dict]) -> int:
 def test_local_executor_never_runs_more_than_workers_at_once(tmp_path, workers):
     sweep = load_sweep(make_spec(tmp_path, tokens=16384, lrs="[1e-3, 2e-3, 4e-3, 8e-3]"))
     result = launch(sweep, tmp_path / "out", "local", LaunchConfig(workers=workers))
-    records, _ = SweepDir(tmp_path / "out").records()
+    records = trusted_records(SweepDir(tmp_path / "out"))
     assert result.counts == {"ok": 4} and len(records) == 4
     assert max_overlap(list(records.values())) == workers  # reaches the cap, never exceeds it
 
@@ -72,7 +72,7 @@ def test_relaunch_skips_finished_runs_and_resubmits_lost_ones(tmp_path):
     again = launch(sweep, out, "local", LaunchConfig(workers=2))
     assert again.runs_launched == 0 and again.skipped_recorded == 3 and again.launch is None
     sweep_dir = SweepDir(out)
-    lost = sweep_dir.record_files()[0]
+    lost = record_paths(sweep_dir)[0]
     lost.unlink()
     assert sweep_status(sweep_dir).counts["lost"] == 1
     third = launch(sweep, out, "local", LaunchConfig(workers=2))
@@ -119,14 +119,14 @@ def test_debug_executor_runs_in_process(tmp_path):
 
 def test_relaunch_keeps_a_half_recorded_trunk_whole(tiny_spec, tiny_sweep_dir):
     sweep_dir = SweepDir(tiny_sweep_dir)
-    records, _ = sweep_dir.records()
+    records = trusted_records(sweep_dir)
     longest = max(records.values(), key=lambda r: (r["tokens"], r["lr"], r["batch_size"]))
     sibling = next(r for r in records.values() if r["trunk_id"] == longest["trunk_id"] and r is not longest)
     sweep_dir.record_path(longest["run_id"]).unlink()
     result = launch(load_sweep(tiny_spec), tiny_sweep_dir, "local", LaunchConfig(workers=1))
     assert result.runs_launched == 1 and result.counts == {"ok": 1}
     assert sweep_dir.tasks(result.launch) == [[sibling["run_id"], longest["run_id"]]]  # the whole chain
-    again, _ = sweep_dir.records()
+    again = trusted_records(sweep_dir)
     assert again[sibling["run_id"]]["finished_at"] == sibling["finished_at"]  # recorded: not trained again
     retrained = again[longest["run_id"]]
     assert retrained["trunk_id"] == longest["trunk_id"]

@@ -29,12 +29,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from slurm_cluster import REPO_ROOT
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, record_paths, trusted_records
 from typer.testing import CliRunner
 
-from powerlaw_cli.chains import train_standalone
 from powerlaw_cli.cli import app
 from powerlaw_cli.launch import LaunchResult, launch
+from powerlaw_cli.runner import train_standalone
 from powerlaw_cli.spec import Sweep, load_sweep
 from powerlaw_cli.status import sweep_status
 from powerlaw_cli.store import SweepDir, collect
@@ -158,8 +158,8 @@ def test_many_runs_go_out_as_several_arrays_of_packed_tasks_and_each_is_collecte
 
     tasks = many.dir.tasks(0)
     assert [len(task) for task in tasks] == [8] * 11
-    records, problems = many.dir.records()
-    assert not problems and set(records) == {run.run_id for run in many.sweep.runs}
+    records = trusted_records(many.dir)
+    assert set(records) == {run.run_id for run in many.sweep.runs}
     for job, run_ids in zip(entry["task_jobs"], tasks, strict=True):
         assert {records[run_id]["slurm_job_id"] for run_id in run_ids} == {job}  # each run in its own task
     assert {record["status"] for record in records.values()} == {"ok"}
@@ -309,21 +309,31 @@ def slurm_commands_only(folder: Path, commands: tuple[str, ...]) -> dict[str, st
 
 
 def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(many, tmp_path):
-    """A cluster without accounting: `plsweep status` still counts from the records, and says so once."""
-    env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
+    """A cluster without accounting: `plsweep status` still counts from the records, and says so once; a
+    finished sweep needs no scheduler at all."""
+    nothing = slurm_commands_only(tmp_path / "none", ("scontrol", "sinfo"))
     done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(many.dir.root), "--json"],
+                          capture_output=True, text=True, env=nothing, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # every run recorded: Slurm is not asked
+    assert json.loads(done.stdout)["counts"]["finished"] == MANY_RUNS
+
+    copy = SweepDir(tmp_path / "copy")
+    shutil.copytree(many.dir.root, copy.root)
+    record_paths(copy)[0].unlink()  # one run to ask about
+    env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
+    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(copy.root), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("sacct unavailable") == 1
     status = json.loads(done.stdout)
-    assert status["counts"]["finished"] == MANY_RUNS and status["done"]
+    assert status["counts"]["finished"] == MANY_RUNS - 1 and status["counts"]["lost"] == 1 and status["done"]
 
 
 def test_launch_refuses_when_slurm_cannot_say_what_is_queued(many, tmp_path):
     """Neither sacct nor squeue answers: guessing "nothing is queued" could submit every run twice."""
     copy = SweepDir(tmp_path / "copy")
     shutil.copytree(many.dir.root, copy.root)
-    copy.record_files()[0].unlink()  # one run to launch: is it still queued? nobody can tell
+    record_paths(copy)[0].unlink()  # one run to launch: is it still queued? nobody can tell
     env = slurm_commands_only(tmp_path / "bin", ("scontrol", "sinfo"))
     done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "launch", str(many.sweep.path), "--executor", "slurm",
                            "--out", str(copy.root)], capture_output=True, text=True, env=env, timeout=120)
@@ -364,3 +374,121 @@ def test_status_watch_polls_at_most_every_30_s_and_warns_once(slurm_cluster, tmp
     assert all(later - earlier >= 29 for earlier, later in zip(polls, polls[1:], strict=False))
     assert stderr.count("sacct unavailable") == 1
     assert sweep_status(SweepDir(out)).counts["finished"] == 1
+
+
+# --- one launch at a time, cancelled tasks, cluster limits, hostile paths ------------------------------
+
+def plsweep(*args: object, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """``plsweep ARGS`` as a real process (stdout and stderr captured)."""
+    return subprocess.Popen([sys.executable, "-m", "powerlaw_cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def run_lines(sweep_dir: SweepDir) -> list[str]:
+    """Every "run RUN_ID: ..." line the workers printed, over all task logs: one per run trained."""
+    logs = "".join(p.read_text(errors="replace") for p in sweep_dir.jobs_dir.rglob("*_log.out"))
+    return [line.split(":")[0][4:] for line in logs.splitlines() if line.startswith("run ")]
+
+
+def test_two_launches_of_one_sweep_at_the_same_moment_train_each_run_once(slurm_cluster, tmp_path):
+    spec = write_spec(tmp_path, "twice", "optimizer.lr = { log = [1e-3, 1e-2], num = 6 }\ntraining.seed = [0, 1]",
+                      training="batch_size = 8\ntokens = 1024")
+    out = tmp_path / "out"
+    both = [plsweep("launch", spec, "--executor", "slurm", "--out", out, "--json") for _ in range(2)]
+    results = [proc.communicate(timeout=300) for proc in both]
+    assert [proc.returncode for proc in both] == [0, 0], results
+    launched = sorted(json.loads(stdout)["runs_launched"] for stdout, _ in results)
+    assert launched == [0, 12]  # the second waited for the lock, then found every run queued
+    sweep_dir = SweepDir(out)
+    assert len(sweep_dir.launches()) == 1
+    wait_until_done(sweep_dir, slurm_cluster)
+    assert sorted(run_lines(sweep_dir)) == sorted(run.run_id for run in load_sweep(spec).runs)  # each once
+    assert sweep_status(sweep_dir).counts["finished"] == 12
+
+
+def test_a_task_cancelled_before_it_starts_is_lost_and_a_relaunch_reruns_it(slurm_cluster, tmp_path):
+    spec = write_spec(tmp_path, "cancelled", "optimizer.lr = [1e-3, 3e-3, 1e-2]",
+                      training="batch_size = 8\ntokens = 1024")
+    sweep = load_sweep(spec)
+    out = tmp_path / "out"
+    held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
+    slurm_cluster.run(["scancel", held.array_ids[0]])
+    sweep_dir = SweepDir(out)
+    deadline = time.monotonic() + 60
+    while (status := sweep_status(sweep_dir)).counts["pending"]:
+        assert time.monotonic() < deadline, status.counts
+        time.sleep(0.5)
+    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0, "lost": 3}
+    assert status.lost == {"Slurm task ended CANCELLED": 3} and not status.failures
+    again = launch(sweep, out, "slurm")  # no --retry-failed: lost runs are not failures
+    assert again.runs_launched == 3 and again.launch == 1
+    wait_until_done(sweep_dir, slurm_cluster)
+    assert sweep_status(sweep_dir).counts["finished"] == 3
+
+
+def jobs_held(cluster) -> int:
+    return len(cluster.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"]).stdout.split())
+
+
+def test_a_launch_the_cluster_cannot_hold_is_refused_before_anything_is_submitted(slurm_cluster, tmp_path):
+    spec = write_spec(tmp_path, "toobig", "optimizer.lr = { log = [1e-4, 1e-1], num = 20 }",
+                      training="batch_size = 8\ntokens = 1024")
+    out = tmp_path / "out"
+    with slurm_cluster(max_array_size=10, max_job_count=jobs_held(slurm_cluster) + 12):
+        plan = plsweep("plan", spec, "-s", "runs_per_task=1", "--json")
+        planned = json.loads(plan.communicate(timeout=120)[0])
+        assert planned["tasks"] == 20 and "do not fit" in planned["fits"] and "runs_per_task=2" in planned["fits"]
+        refused = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=1")
+        stdout, stderr = refused.communicate(timeout=120)
+        assert refused.returncode == 2 and stderr.count("\n") == 1, stderr
+        assert "20 array tasks do not fit: MaxArraySize 10, MaxJobCount" in stderr
+        assert "launch with -s runs_per_task=2 (10 tasks)" in stderr
+        assert SweepDir(out).launches() == [] and not (out / "jobs").exists()
+        fits = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=2", "--json",
+                       "-s", 'sbatch_extra=["--hold"]')
+        assert json.loads(fits.communicate(timeout=120)[0])["tasks"] == 10
+        slurm_cluster.run(["scancel", SweepDir(out).launches()[0]["array_ids"][0]])
+
+
+def test_a_refused_sbatch_removes_its_files_and_the_arrays_before_it_are_recorded(slurm_cluster, tmp_path):
+    """sbatch refuses the second array (the association's MaxSubmitJobs, which this launch cannot read:
+    no sacctmgr on its PATH): the first array is recorded, the refused one leaves no file behind, and
+    the next launch submits only the rest."""
+    spec = write_spec(tmp_path, "partial", "optimizer.lr = { log = [1e-4, 1e-1], num = 15 }",
+                      training="batch_size = 8\ntokens = 1024")
+    out = tmp_path / "out"
+    env = slurm_commands_only(tmp_path / "bin", ("sbatch", "srun", "squeue", "sacct", "scontrol", "sinfo"))
+    slurm_cluster.run(["sacctmgr", "-i", "modify", "user", "where", "name=root", "set", "MaxSubmitJobs=12"])
+    try:
+        first = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=1",
+                        "-s", 'sbatch_extra=["--hold"]', env=env)
+        _, stderr = first.communicate(timeout=120)
+        assert first.returncode == 2 and stderr.count("\n") == 1, stderr
+        assert "sbatch failed after 10 of 15 tasks were submitted" in stderr
+    finally:
+        slurm_cluster.run(["sacctmgr", "-i", "modify", "user", "where", "name=root", "set", "MaxSubmitJobs=-1"])
+    sweep_dir = SweepDir(out)
+    (entry,) = sweep_dir.launches()
+    assert len(entry["task_jobs"]) == 10 and len(sweep_dir.tasks(0)) == 10
+    # no pickles or submission file of the refused array; submitit leaves a link to each submitted array's script
+    leftovers = [p.name for p in sweep_dir.jobs_dir.iterdir() if not p.is_dir() and not p.is_symlink()]
+    links = [p for p in sweep_dir.jobs_dir.iterdir() if p.is_symlink()]
+    assert leftovers == [] and len(links) == len(entry["array_ids"]) == 1, (leftovers, links)
+    assert links[0].resolve().parent.name == entry["array_ids"][0] and links[0].resolve().is_file()
+    rest = launch(load_sweep(spec), out, "slurm", dataclasses.replace(load_sweep(spec).launch,
+                                                                      sbatch_extra=["--hold"]))
+    assert rest.runs_launched == 5 and rest.skipped_queued == 10
+    for array in entry["array_ids"] + rest.array_ids:
+        slurm_cluster.run(["scancel", array])
+
+
+def test_a_sweep_directory_with_a_space_a_quote_and_a_command_in_its_path(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, "hostile", "optimizer.lr = [1e-3, 1e-2]", training="batch_size = 8\ntokens = 1024")
+    out = tmp_path / "a b'c$(touch X)\"d"
+    sweep = load_sweep(spec)
+    launch(sweep, out, "slurm")
+    sweep_dir = SweepDir(out)
+    wait_until_done(sweep_dir, slurm_cluster)
+    assert sweep_status(sweep_dir).counts["finished"] == 2
+    assert list(tmp_path.rglob("X")) == [] and not (REPO_ROOT / "X").exists()

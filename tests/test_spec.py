@@ -102,7 +102,7 @@ def test_relative_data_path_is_resolved_against_the_spec_folder(tmp_path):
     ("[grid]\ntraining.batch_size = { pow2 = [10, 64] }\n", "grid.training.batch_size: pow2 = [lo, hi] needs powers of two"),
     ("[[grid.zip]]\nmodel.width = [32, 64]\nmodel.n_heads = [2]\n", "grid.zip[0]: zipped axes need equal lengths"),
     ("[launch]\npartion = 'gpu'\n", "launch.partion: unknown setting; valid: partition, account, qos"),
-    ("[launch]\nsbatch_extra = ['exclusive']\n", "launch.sbatch_extra: 'exclusive' must be an option like --key=value"),
+    ("[launch]\nsbatch_extra = ['exclusive']\n", "launch.sbatch_extra: 'exclusive' must be an option --key or --key=value"),
     ("[schedule]\nname = 'wsd'\nwarmup_tokens = 1e9\n", "schedule.warmup_tokens: must be below training.tokens"),
     ("[model]\nwidth = [\n", "invalid TOML"),
 ])

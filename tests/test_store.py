@@ -11,6 +11,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from tiny import record_paths
 
 from powerlaw_cli.schema import CURVES_SCHEMA, RUNS_SCHEMA
 from powerlaw_cli.store import SweepDir, SweepDirError, collect
@@ -35,7 +36,7 @@ def test_collect_is_incremental_and_picks_up_rewritten_records(tiny_sweep_dir):
     sweep = SweepDir(tiny_sweep_dir)
     collect(sweep)
     assert collect(sweep).new == 0
-    path = sweep.record_files()[0]
+    path = record_paths(sweep)[0]
     record = json.loads(path.read_text())
     record["final_val_loss"] = 1.2345
     path.write_text(json.dumps(record))
@@ -51,7 +52,7 @@ def test_collect_is_incremental_and_picks_up_rewritten_records(tiny_sweep_dir):
 
 def test_corrupt_partial_and_foreign_records_are_reported_and_left_out(tiny_sweep_dir):
     sweep = SweepDir(tiny_sweep_dir)
-    files = sweep.record_files()
+    files = record_paths(sweep)
     files[0].write_text(files[0].read_text()[:40])  # a torn write
     foreign = json.loads(files[1].read_text())
     foreign["sweep_hash"] = "0" * 16
@@ -94,7 +95,7 @@ def test_concurrent_collects_never_leave_a_broken_file(tiny_sweep_dir):
 
     def collect_from_scratch() -> None:
         for _ in range(4):
-            for path in sweep.record_files():  # touch every record: each collect rewrites everything
+            for path in record_paths(sweep):  # touch every record: each collect rewrites everything
                 os.utime(path)
             collect(sweep)
 
