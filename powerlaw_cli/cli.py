@@ -301,9 +301,16 @@ def plan(
 
 
 def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """A table of ``rows``: the columns are the union of their keys (in first-seen order) and every value
-    goes under its own key's header; a row without a key leaves that cell empty."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    """A table of ``rows``: the columns are the union of their keys, a key first seen in a later row placed
+    right after the key before it in that row, and every value goes under its own key's header; a row
+    without a key leaves that cell empty."""
+    columns: list[str] = []
+    for row in rows:
+        previous = None
+        for key in row:
+            if key not in columns:
+                columns.insert(columns.index(previous) + 1 if previous is not None else len(columns), key)
+            previous = key
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -614,6 +621,7 @@ def render_fit(data: dict, path: Path | None, figures: list[Path], predictions: 
         out.print(f"table of final losses: {g['used']} of {g['total']} settings used (no LR sweep)")
     if data["mode"] == "sweep":
         out.print(rows_table("muP transfer across widths", report.transfer_rows(data)))
+    out.print("units: " + "\n       ".join(report.units_lines(data)), highlight=False, markup=False)
     for warning in data["warnings"]:
         out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     for name, value in predictions.items():
@@ -752,7 +760,7 @@ def print_demo(result: DemoResult) -> None:
     fit = read_fit(result.fit_json)
     n = fit["n_cells"]
     out.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
-    keep = ("law", "a", "e_batch_size", "e_tokens", "R2", "n")
+    keep = ("law", "a", "e_B", "e_D", "R2", "n")
     rows = [{k: row[k] for k in keep if k in row} for row in power_law_rows(fit) if row["law"] in fit["laws"]]
     out.print(rows_table("fitted laws (95% intervals: bootstrap over cells or groups)", rows))
     for law in fit["laws"].values():

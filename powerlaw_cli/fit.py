@@ -312,10 +312,21 @@ def _fit_one(spec: LawSpec, mode: str, cells, groups, group_keys, weighted, top_
     law["fitted_on"] = (
         "cells (the LR optimum of each batch)" if spec.per_cell else "groups (the joint optimum)"
     )
+    law["pools"] = _pooled(points, group_keys, spec.variables)
     seq = points["seq_len"].dropna().unique() if "seq_len" in points else []
     if len(seq) == 1 and (tokens := batch_in_tokens(law, float(seq[0]))):
         law["in_tokens"] = tokens
     return law
+
+
+def _pooled(points: pd.DataFrame, keys: list[str], variables: tuple[str, ...]) -> list[str]:
+    """Settings that vary among points with the same values of the law's variables: the law assumes they
+    do not matter and averages over them (e.g. a law over batch and tokens fitted to several model sizes,
+    or Step Law's B_opt ~ D over every N). Reported as the law's ``pools``."""
+    if not len(points) or any(v not in points for v in variables):
+        return []
+    by = points.groupby(list(variables), dropna=False)
+    return [k for k in keys if k in points and k not in variables and (by[k].nunique(dropna=False) > 1).any()]
 
 
 def _no_batch_optimum(groups: pd.DataFrame) -> str:

@@ -1,15 +1,15 @@
 """The fit as rows for the terminal: plain dicts of strings and numbers, read from ``fit.json``.
 
-Each row holds only its own columns (a law over N and D has ``e_params_non_embedding`` and ``e_tokens``,
-a law over batch and tokens has ``e_batch_size`` and ``e_tokens``); the renderer takes the union of the
-columns, so every value sits under its own header.
+Each row holds only its own columns (a law over N and D has ``e_N`` and ``e_D``, a law over batch and
+tokens ``e_B`` and ``e_D``); the renderer takes the union of the columns, so every value sits under its
+own header. ``units_lines`` says what N, D, B stand for and the unit of every quantity.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .fit_spec import SHORT_UNITS
+from .fit_spec import SHORT, SHORT_UNITS
 
 
 def interval(d: dict | None) -> str:
@@ -20,18 +20,39 @@ def interval(d: dict | None) -> str:
     return f"{d['value']:.4g}" + (f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else "")
 
 
-def _units(law: dict, batch_tokens: bool = False) -> str:
-    def unit(v: str) -> str:
-        if batch_tokens and v in ("batch_opt", "batch_size"):
-            return "tokens"
-        return SHORT_UNITS.get(v, "table's unit")
+def _short(variable: str) -> str:
+    return SHORT.get(variable, variable)
 
-    return ", ".join(f"{v} [{unit(v)}]" for v in (law["y"], *law["variables"]))
+
+def _unit(quantity: str, seq_len: float | None = None) -> str:
+    if seq_len and quantity in ("batch_opt", "batch_size"):
+        return f"tokens, sequences of {seq_len:g}"
+    return SHORT_UNITS.get(quantity, "the table's unit")
+
+
+def units_lines(fit: dict) -> list[str]:
+    """What every law's quantity and short variable names mean, with their units: one line per law (and
+    per batch-in-tokens form)."""
+    lines = []
+    for name, law in fit["laws"].items():
+        forms = [(name, None)] + (
+            [(f"{name} (tokens)", law["in_tokens"]["seq_len"])] if law.get("in_tokens") else []
+        )
+        for label, seq_len in forms:
+            variables = ", ".join(
+                "B_tokens = batch_tokens [tokens]"
+                if seq_len and v == "batch_size"
+                else f"{_short(v)} = {v} [{_unit(v)}]"
+                for v in law["variables"]
+            )
+            lines.append(f"{label}: {law['y']} [{_unit(law['y'], seq_len)}] against {variables}")
+    return lines
 
 
 def power_law_rows(fit: dict) -> list[dict[str, Any]]:
-    """One row per power law y = a * prod(x^e_x) (lr_opt, batch_opt), plus its batch-in-tokens form when
-    the sequence length is known; failed laws with their formula and error."""
+    """One row per power law y = a * prod(x^e_x) (lr_opt, batch_opt), plus its form with the batch in
+    tokens when the sequence length is known; failed laws with their formula and error. Exponents are
+    headed by the short variable names (``e_N``, ``e_D``, ``e_B``)."""
     rows = []
     for name, law in fit["laws"].items():
         if law.get("form", "power") != "power":
@@ -40,37 +61,29 @@ def power_law_rows(fit: dict) -> list[dict[str, Any]]:
             rows.append({"law": name, "formula": law["formula"], "status": "failed: " + law["error"]})
             continue
         exponents = {
-            f"e_{v}": interval(e) + (" (fixed)" if e["fixed"] else "") for v, e in law["exponents"].items()
+            f"e_{_short(v)}": interval(e) + (" (fixed)" if e["fixed"] else "")
+            for v, e in law["exponents"].items()
         }
         row = {
             "law": name,
+            "y": law["y"],
             "fitted on": law.get("fitted_on", "cells").split(" ")[0],
             "a": interval(law["a"]),
             **exponents,
             "R2": _round(law["r2"]),
             "n": law["n_points"],
-            "units": _units(law),
+            "pools": ", ".join(_short(k) for k in law.get("pools", [])),
             "warnings": len(law["warnings"]),
         }
         rows.append(row)
-        tokens = law.get("in_tokens")
-        if tokens:
-            same = {k: v for k, v in row.items() if k not in exponents}
-            renamed = {k.replace("e_batch_size", "e_batch_tokens"): v for k, v in exponents.items()}
-            rows.append(
-                same
-                | {
-                    "law": f"{name} (tokens)",
-                    "a": interval(tokens["a"]),
-                    **renamed,
-                    "units": _units(law, batch_tokens=True),
-                }
-            )
+        if law.get("in_tokens"):  # the same law with the batch in tokens: another a, e_B_tokens for e_B
+            tokens = {"law": f"{name} (tokens)", "a": interval(law["in_tokens"]["a"])}
+            rows.append({("e_B_tokens" if k == "e_B" else k): tokens.get(k, v) for k, v in row.items()})
     return rows
 
 
 def loss_law_rows(fit: dict) -> list[dict[str, Any]]:
-    """One row per loss law: E, A and alpha of every variable."""
+    """One row per loss law: E, and A and alpha of every variable (``A_N``, ``alpha_N``, ...)."""
     rows = []
     for name, law in fit["laws"].items():
         if law.get("form") != "hoffmann":
@@ -80,14 +93,14 @@ def loss_law_rows(fit: dict) -> list[dict[str, Any]]:
             continue
         row = {"law": name, "E": interval(law["E"])}
         for v, term in law["terms"].items():
-            row |= {f"A_{v}": interval(term["A"]), f"alpha_{v}": interval(term["alpha"])}
+            row |= {f"A_{_short(v)}": interval(term["A"]), f"alpha_{_short(v)}": interval(term["alpha"])}
         rows.append(
             row
             | {
                 "R2 (ln)": _round(law["r2"]),
                 "rmse_ln": _round(law["rmse_ln"]),
                 "n": law["n_points"],
-                "units": _units(law),
+                "pools": ", ".join(_short(k) for k in law.get("pools", [])),
                 "warnings": len(law["warnings"]),
             }
         )

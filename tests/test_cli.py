@@ -407,16 +407,21 @@ def test_law_table_puts_every_number_under_its_own_header(steplaw_csv, tmp_path)
     rows = {r["law"]: r for r in table_rows(out, "power laws")}
     for name in ("lr_opt_N_D", "free"):
         law = fit["laws"][name]
-        for var in ("params_non_embedding", "tokens", "batch_size"):
-            cell = rows[name][f"e_{var}"]
+        for var, short in (("params_non_embedding", "N"), ("tokens", "D"), ("batch_size", "B")):
+            cell = rows[name][f"e_{short}"]
             if var in law["exponents"]:
                 e = law["exponents"][var]
                 assert cell == f"{e['value']:.4g} [{e['low']:.4g}, {e['high']:.4g}]", (name, var)
             else:
                 assert cell == "", (name, var)
         assert rows[name]["a"].startswith(f"{law['a']['value']:.4g} [")
-    assert rows["batch (tokens)"]["units"] == "batch_opt [tokens], tokens [tokens]"
-    assert rows["batch"]["units"] == "batch_opt [sequences], tokens [tokens]"
+    batch = fit["laws"]["batch"]
+    assert rows["batch (tokens)"]["a"].startswith(f"{batch['a']['value'] * 2048:.4g} [")
+    assert "batch (tokens): batch_opt [tokens, sequences of 2048] against D = tokens [tokens]" in out
+    assert (
+        "lr_opt_N_D: lr_opt [base LR] against N = params_non_embedding [parameters], D = tokens [tokens]"
+        in out
+    )
 
 
 def test_fit_group_by_with_batch_inside_is_the_joint_optimum_or_a_clear_error(steplaw_csv, tmp_path):
