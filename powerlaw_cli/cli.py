@@ -724,8 +724,8 @@ def demo(
     ] = False,
     spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
     out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
-    workers: Annotated[int, typer.Option(help="runs at once (0: one per CPU core)")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the fit")] = 1000,
+    workers: Annotated[int, typer.Option(min=0, help="runs at once (0: one per CPU core)")] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples of the fit")] = 1000,
 ) -> None:
     """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
     from .demo import demo_spec, run_demo

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from .fit_laws import FitError, LawSpec, Prediction, batch_in_tokens, failed_law
 from .fit_optimum import METHODS
 from .fit_spec import UNITS as QUANTITY_UNITS
 from .store import json_ready
+
+if TYPE_CHECKING:
+    from .store import CollectReport
 
 # fit.json I/O and predictions live in fit_io; they are part of this module's interface
 __all__ = [
@@ -199,6 +202,7 @@ def fit_sweep(
             band=band,
             min_points=min_points,
             divergence_brackets=divergence_brackets,
+            ci=ci,
         )
         _require_usable(cells, "cells")
         groups = joint_optima(
@@ -214,7 +218,7 @@ def fit_sweep(
             carry=carry,
         )
     else:
-        cells, groups = pd.DataFrame(columns=["status"]), loss_groups(runs, group_keys, carry)
+        cells, groups = pd.DataFrame(columns=["status"]), loss_groups(runs, group_keys, carry, ci)
         _require_usable(groups, "groups")
     boot = {"n_boot": n_boot, "seed": seed, "ci": ci, "robust": robust}
     fitted = {
@@ -243,6 +247,14 @@ def fit_sweep(
         noise={"std": noise, "source": noise_source, "unit": "loss, per seed"},
     )
     result.warnings = _summary_warnings(result)
+    if mode == "sweep" and "seed" not in runs:
+        repeats = sum(int((points["count"] > 1).sum()) for _, points, _ in curves)
+        if repeats:
+            result.warnings.append(
+                f"{repeats} (cell, LR) points average several runs and the table has no seed column: if "
+                "they differ in a setting, map that column with --col (or --group-by it) so that it is not "
+                "averaged"
+            )
     return result
 
 
@@ -374,7 +386,7 @@ class FitRun:
     fit: dict[str, Any]
     fit_json: Path | None = None
     figures: list[Path] = field(default_factory=list)
-    collected: Any = None
+    collected: CollectReport | None = None
 
 
 def run_fit(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .fit_groups import group_label
-from .fit_optimum import find_optimum
+from .fit_optimum import find_optimum, normal_z
 from .fit_spec import BATCH_COLUMNS, FitError, canonical
 
 CELL_CANDIDATES = (
@@ -147,10 +147,12 @@ def point_noise(curves: list[Curve]) -> tuple[float | None, str]:
     return (math.sqrt(ss / dof), "local fit residuals") if dof else (None, "unknown")
 
 
-def find_cell_optima(curves: list[Curve], noise_std: float | None = None, **options: Any) -> pd.DataFrame:
+def find_cell_optima(
+    curves: list[Curve], noise_std: float | None = None, ci: float = 0.95, **options: Any
+) -> pd.DataFrame:
     """One row per cell: its keys, label, optimum (``fit_optimum.Optimum`` fields), interval and points.
 
-    ``lr_low``/``lr_high`` are the 95% normal interval of log2 lr_opt (+-1.96 sigma_log2).
+    ``lr_low``/``lr_high`` are the normal interval at ``ci`` of log2 lr_opt (+-1.96 sigma_log2 at 95%).
     """
     rows = []
     for row, points, bad_lrs in curves:
@@ -162,7 +164,7 @@ def find_cell_optima(curves: list[Curve], noise_std: float | None = None, **opti
             noise_std=noise_std,
             **options,
         )
-        z = 1.959964 * opt.sigma_log2
+        z = normal_z(ci) * opt.sigma_log2
         rows.append(
             {
                 **row,

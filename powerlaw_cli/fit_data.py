@@ -157,6 +157,11 @@ def _set_batch(runs: pd.DataFrame, table: str, batch_unit: str, seq_len: int | N
             raise FitError(f"--seq-len {seq_len}: must be positive")
         runs["seq_len"] = float(seq_len)
     has_len = "seq_len" in runs and runs["seq_len"].notna().all()
+    if "batch_tokens" in runs and "batch_size" not in runs:
+        raise FitError(
+            f"{table}: name the batch column with --col batch=COLUMN (with --batch-unit tokens "
+            "--seq-len L for a batch in tokens), not --col batch_tokens"
+        )
     if "batch_size" not in runs:
         if batch_unit == "tokens":
             raise FitError(

@@ -20,7 +20,7 @@ N(loss_opt, loss_sigma) and its log2 lr_opt from N(log2 lr_opt, sigma_log2), and
 recomputed; a draw whose best batch falls on the profile's edge takes that batch (a censored draw, counted
 in ``edge_draws``). Percentile intervals at ``ci``; ``*_sigma_log2`` are the draws' stds (for weighted laws).
 The errors of a cell's lr_opt and loss_opt are drawn independently (their correlation is not estimated).
-Groups of one batch (a 1-D sweep) take their cell's optimum and its normal interval.
+Groups of one batch (a 1-D sweep) take their cell's optimum and its normal interval at ``ci``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pandas as pd
 
 from .fit_cells import CARRIED
 from .fit_groups import group_label
-from .fit_optimum import Optimum, find_optimum
+from .fit_optimum import Optimum, find_optimum, normal_z
 
 PROFILE = ("batch_size", "loss_opt", "lr_opt", "status")
 
@@ -60,7 +60,7 @@ def joint_optima(
     for row, group in _groups(cells, keys, carry):
         group = group.sort_values("batch_size") if "batch_size" in group else group
         if "batch_size" not in group or group["batch_size"].nunique() < 2:
-            row.update(_one_batch(group.iloc[0]))
+            row.update(_one_batch(group.iloc[0], ci))
         else:
             options = {"method": method, "window": window, "band": band, "min_points": min_points}
             row.update(_two_d(group, options, rng, n_draws, ci))
@@ -68,9 +68,12 @@ def joint_optima(
     return pd.DataFrame(rows)
 
 
-def loss_groups(runs: pd.DataFrame, keys: list[str], carry: tuple[str, ...] = CARRIED) -> pd.DataFrame:
+def loss_groups(
+    runs: pd.DataFrame, keys: list[str], carry: tuple[str, ...] = CARRIED, ci: float = 0.95
+) -> pd.DataFrame:
     """A table of final losses (no LR sweep): one row per group, loss_opt = the mean loss of its runs that
-    ended ok with a finite loss; loss_sigma = their std / sqrt(count) (NaN for a single run)."""
+    ended ok with a finite loss; loss_sigma = their std / sqrt(count) (NaN for a single run), and the
+    normal interval at ``ci``."""
     rows = []
     for row, group in _groups(runs[runs["status"] != "failed"], keys, carry):
         finite = group.loc[(group["status"] == "ok") & np.isfinite(group["loss"]), "loss"]
@@ -82,8 +85,8 @@ def loss_groups(runs: pd.DataFrame, keys: list[str], carry: tuple[str, ...] = CA
             n_runs=len(group),
             loss_opt=finite.mean() if len(finite) else math.nan,
             loss_sigma=sigma,
-            loss_low=finite.mean() - 1.959964 * sigma,
-            loss_high=finite.mean() + 1.959964 * sigma,
+            loss_low=finite.mean() - normal_z(ci) * sigma,
+            loss_high=finite.mean() + normal_z(ci) * sigma,
         )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -100,8 +103,8 @@ def _groups(frame: pd.DataFrame, keys: list[str], carry: tuple[str, ...]):
         yield row, group
 
 
-def _one_batch(cell: pd.Series) -> dict:
-    z = 1.959964 * cell["loss_sigma"]
+def _one_batch(cell: pd.Series, ci: float) -> dict:
+    z = normal_z(ci) * cell["loss_sigma"]
     return {
         "status": cell["status"],
         "reason": cell["reason"],

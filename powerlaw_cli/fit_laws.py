@@ -218,7 +218,7 @@ def law_curve(law: dict, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
 
     ``values`` maps every variable of the law to an array (all of one length); works for both forms.
     """
-    if law["form"] == "hoffmann":
+    if law.get("form", "power") == "hoffmann":
         return fit_loss.loss_curve(law, values)
     ln = np.stack([np.log(np.asarray(values[v], float)) for v in law["variables"]])  # [variables, points]
     exps = law["exponents"]

@@ -42,12 +42,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal, get_args
 
 import numpy as np
 
 OptimumMethod = Literal["parabola", "band", "argmin", "parabola_grid"]
 METHODS: tuple[str, ...] = get_args(OptimumMethod)
+
+
+def normal_z(ci: float) -> float:
+    """The half-width in stds of a central normal interval at level ``ci`` (1.96 at 0.95)."""
+    return NormalDist().inv_cdf(0.5 + ci / 2)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from test_cli import invoke
 
 from powerlaw_cli import synthetic
-from powerlaw_cli.fit import fit_sweep
+from powerlaw_cli.fit import FitError, fit_sweep
 from powerlaw_cli.fit_data import prepare_runs
 from powerlaw_cli.fit_joint import joint_optima
 
@@ -188,8 +188,13 @@ def test_batch_optimum_on_the_edge_is_flagged_and_excluded():
 
 def test_group_by_never_averages_other_settings():
     runs = steplaw_runs()
-    with pytest.raises(Exception, match="'params_non_embedding' varies inside a group"):
+    with pytest.raises(FitError, match="'params_non_embedding' varies inside a group"):
         fit_sweep(runs, group_by=["D"])
+    unmapped = prepare_runs(synthetic.steplaw_table(0), {"N": "N", "D": "D"}, "smooth loss")  # bs not mapped
+    warnings = fit_sweep(unmapped, laws={"lr": "lr_opt ~ N + D"}, default_laws=False, n_boot=0).warnings
+    assert any("average several runs and the table has no seed column" in w for w in warnings)
+    with pytest.raises(FitError, match="--col batch=COLUMN"):
+        prepare_runs(synthetic.steplaw_table(0), {"N": "N", "D": "D", "batch_tokens": "bs"}, "smooth loss")
     joint = fit_sweep(runs, group_by=["N", "D"], laws={"lr": "lr_opt ~ N + D"}, default_laws=False, n_boot=0)
     assert joint.group_keys == ["params_non_embedding", "tokens"]
     assert joint.cell_keys == ["params_non_embedding", "tokens", "batch_size"]
