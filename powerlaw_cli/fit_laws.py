@@ -157,6 +157,12 @@ def _design(points, spec, sigma_column):
         w = np.ones(len(data))
     else:
         sig = points[sigma_column].to_numpy(float)
+        if not np.isfinite(sig).any():
+            raise FitError(
+                f"law {spec.name!r}: weighting needs the points' uncertainties (no intervals with "
+                "--bootstrap 0 for group optima)"
+            )
+        sig = np.where(np.isfinite(sig), sig, np.nanmedian(sig))  # unknown: a typical point's
         w = 1 / np.maximum(sig, np.nanmedian(sig) / 10) ** 2
     return X, y, w / w.mean()
 
