@@ -3,8 +3,9 @@
     python experiments/mup_transfer.py            # ~10 minutes on a 2-core CPU
 
 Runs ``experiments/mup_transfer.toml`` (8 LRs x 4 widths x {mup, sp}), then fits each parametrization
-on its own with ``fit_sweep`` (per-width optima and the transfer check: the shift of lr_opt over the
-width range, and the law lr_opt = a * width^e). Writes ``mup_transfer.{md,json,png}`` into docs/figures/.
+on its own with ``run_fit`` (per-width optima and the transfer check: the shift of lr_opt over the
+width range, and the law lr_opt = a * width^e; ``fit-mup/`` and ``fit-sp/`` in the sweep directory get
+each fit.json). Writes ``mup_transfer.{md,json,png}`` into docs/figures/.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import HERE, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
 
-from powerlaw_cli.fit import fit_sweep  # noqa: E402
+from powerlaw_cli.fit import run_fit  # noqa: E402
 from powerlaw_cli.plots import save
 
 NAME = "mup_transfer"
@@ -23,9 +24,17 @@ NAME = "mup_transfer"
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
-    runs = run_sweep(HERE / "mup_transfer.toml", args.results / "mup-transfer", args.workers)
+    out = args.results / "mup-transfer"
+    runs = run_sweep(HERE / "mup_transfer.toml", out, args.workers)
     fits = {
-        kind: fit_sweep(part, laws={"width": "lr_opt ~ width"}, batch_law=None, n_boot=1000).to_dict()
+        kind: run_fit(
+            part,
+            laws={"width": "lr_opt ~ width"},
+            default_laws=False,
+            n_boot=1000,
+            out=out / f"fit-{kind}",
+            plots=False,
+        ).fit
         for kind, part in runs.groupby("parametrization")
     }
     rows, shifts, results = [], [], {}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -22,6 +23,7 @@ from typer.core import TyperGroup
 
 from .config import (
     ConfigError,
+    DecayShape,
     LaunchConfig,
     Parametrization,
     RunConfig,
@@ -30,6 +32,9 @@ from .config import (
     section_from_dict,
 )
 from .errors import PlsweepError
+from .export_formats import ExportFormat
+from .fit_optimum import OptimumMethod
+from .fit_spec import BatchUnit
 from .launch import Executor
 
 if TYPE_CHECKING:
@@ -139,13 +144,21 @@ def _fmt(value: Any) -> str:
 
 # --- train -------------------------------------------------------------------------------------
 
+
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path | None, typer.Argument(help="TOML file with model, data, optimizer, schedule, training and averaging sections")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TOML file with model, data, optimizer, schedule, training and averaging sections"
+        ),
+    ] = None,
     set_: SetOption = [],  # noqa: B006 - typer needs a literal default
     out: Annotated[Path | None, typer.Option(help="output folder (default: results/train/RUN_ID)")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")] = False,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train one proxy run; write record.json and curve.arrow (resumes from OUT/checkpoint.pt)."""
@@ -165,12 +178,27 @@ def train(
     if as_json:
         print_json(record)
         return
-    keys = ("run_id", "status", "final_val_loss", "final_val_loss_averaged", "final_train_loss", "diverged_at_tokens",
-            "error", "tokens_seen", "steps", "params_non_embedding", "flops", "wall_seconds", "resumes", "device")
+    keys = (
+        "run_id",
+        "status",
+        "final_val_loss",
+        "final_val_loss_averaged",
+        "final_train_loss",
+        "diverged_at_tokens",
+        "error",
+        "tokens_seen",
+        "steps",
+        "params_non_embedding",
+        "flops",
+        "wall_seconds",
+        "resumes",
+        "device",
+    )
     console.print(kv_table(f"run {run.run_id}", {k: record.get(k) for k in keys} | {"output": out}))
 
 
 # --- schedule ----------------------------------------------------------------------------------
+
 
 @app.command()
 @user_errors
@@ -209,6 +237,7 @@ def schedule(
 
 
 # --- coord-check -------------------------------------------------------------------------------
+
 
 @app.command("coord-check")
 @user_errors
@@ -265,6 +294,7 @@ def coord_table(result: Any) -> Table:
 
 
 # --- plan, launch, status, collect -------------------------------------------------------------
+
 
 def launch_options(sweep_launch: LaunchConfig, items: list[str], workers: int | None) -> LaunchConfig:
     """The sweep file's [launch] section with command-line overrides, validated like the file."""
@@ -324,11 +354,21 @@ def plan(
 
 
 def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in rows[0] if rows else []:
-        table.add_column(column)
+    """A table of ``rows``: the columns are the union of their keys, a key first seen in a later row placed
+    right after the key before it in that row, and every value goes under its own key's header; a row
+    without a key leaves that cell empty."""
+    columns: list[str] = []
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row.values()))
+        previous = None
+        for key in row:
+            if key not in columns:
+                columns.insert(columns.index(previous) + 1 if previous is not None else len(columns), key)
+            previous = key
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(_fmt(row.get(column))) for column in columns))  # values are text, never markup
     return table
 
 
@@ -364,8 +404,10 @@ def launch(
     if as_json:
         print_json(result.__dict__)
         return
-    console.print(f"sweep [bold]{sweep.name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
-                  f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks")
+    console.print(
+        f"sweep [bold]{sweep.name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
+        f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks"
+    )
     if result.array_ids:
         console.print(f"submitted Slurm arrays {', '.join(result.array_ids)} to {out}")
     elif result.counts:
@@ -383,8 +425,9 @@ class sweep_progress:  # noqa: N801 - used as a context manager like a function
     def __enter__(self):
         if not self.enabled:
             return None
-        self.progress = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=console)
+        self.progress = Progress(
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
         self.progress.start()
         task = self.progress.add_task("runs", total=None)
         return lambda done, total: self.progress.update(task, completed=done, total=total)
@@ -431,8 +474,10 @@ def render_status(result: Any) -> None:
     done = counts["finished"] + counts["diverged"] + counts["failed"]
     width = 40
     filled = round(width * done / max(result.total, 1))
-    console.print(f"sweep [bold]{result.sweep}[/bold]: {done}/{result.total} done  "
-                  f"[green]{'#' * filled}[/green]{'.' * (width - filled)}")
+    console.print(
+        f"sweep [bold]{result.sweep}[/bold]: {done}/{result.total} done  "
+        f"[green]{'#' * filled}[/green]{'.' * (width - filled)}"
+    )
     table = Table(show_header=True)
     for state in counts:
         table.add_column(state, justify="right")
@@ -471,7 +516,9 @@ def collect(
     if as_json:
         print_json(data)
         return
-    console.print(f"collected {report.runs} runs ({report.new} new) into {report.runs_path} and {report.curves_path}")
+    console.print(
+        f"collected {report.runs} runs ({report.new} new) into {report.runs_path} and {report.curves_path}"
+    )
     for problem in data["problems"]:
         warn(f"left out {problem} (counts as not finished)")
     for problem in report.unreadable_curves:
@@ -480,125 +527,259 @@ def collect(
 
 # --- fit and export ----------------------------------------------------------------------------
 
+
+def out_console() -> Console:
+    """Where tables go: the terminal's console, or, when stdout is a pipe or a file, one so wide that
+    no row is wrapped or cut ("…") and every number is printed whole."""
+    return console if console.is_terminal else Console(width=100_000, highlight=False)
+
+
 @app.command()
 @user_errors
 def fit(
     source: Annotated[Path, typer.Argument(help="sweep directory, or a CSV/Parquet table of runs")],
-    col: Annotated[list[str], typer.Option(help="column mapping OURS=THEIRS, e.g. lr=peak_lr batch=bs")] = [],  # noqa: B006
+    col: Annotated[
+        list[str],
+        typer.Option(help="column mapping OURS=THEIRS, e.g. lr=peak_lr, batch=bs, N=params, D=tokens"),
+    ] = [],  # noqa: B006
     loss_column: Annotated[str | None, typer.Option(help="loss column (default final_val_loss)")] = None,
-    batch_unit: Annotated[str, typer.Option(help="unit of the batch column: sequences or tokens")] = "sequences",
-    seq_len: Annotated[int | None, typer.Option(help="sequence length, to convert a batch in tokens")] = None,
-    group_by: Annotated[str | None, typer.Option(help="comma-separated cell columns (default: every setting but lr and seed)")] = None,
-    method: Annotated[str, typer.Option(help="optimum per cell: parabola (centred 3-point), band, argmin, parabola_grid")] = "parabola",
-    law: Annotated[list[str], typer.Option(help='extra law NAME="lr_opt ~ N + D" (var^1 fixes an exponent)')] = [],  # noqa: B006
-    robust: Annotated[bool, typer.Option(help="Huber loss instead of least squares")] = False,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of cells")] = 1000,
-    top_k_batches: Annotated[int | None, typer.Option(help="fit the power law the paper's way: gamma over the k best batches per budget")] = None,
-    predict: Annotated[list[str], typer.Option(help="print lr_opt at e.g. batch=1024 tokens=1e12 (repeat per variable)")] = [],  # noqa: B006
-    out: Annotated[Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")] = None,
+    batch_unit: Annotated[BatchUnit, typer.Option(help="unit of the batch column")] = "sequences",
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="sequence length: converts a batch in tokens, and gives batch laws in tokens"
+        ),
+    ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="comma-separated group columns (default: every setting but lr, batch and seed)"),
+    ] = None,
+    method: Annotated[
+        OptimumMethod,
+        typer.Option(
+            help="optimum per LR curve and per batch profile: parabola (centred 3-point), band, argmin, parabola_grid"
+        ),
+    ] = "parabola",
+    window: Annotated[
+        int, typer.Option(min=1, help="parabola: neighbours on each side of the best point")
+    ] = 1,
+    band: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="band: keep points within this relative margin of the best loss (0.0025 = 0.25%)",
+        ),
+    ] = 0.0025,
+    min_points: Annotated[
+        int, typer.Option(min=3, help="fewest finite LRs per cell (and usable batches per group)")
+    ] = 3,
+    law: Annotated[
+        list[str],
+        typer.Option(
+            help="a law, repeatable: 'lr_opt ~ N + D', 'batch_opt ~ D', 'loss ~ N + D', or NAME='...' (var^1 fixes an exponent)"
+        ),
+    ] = [],  # noqa: B006
+    robust: Annotated[bool, typer.Option(help="Huber loss instead of least squares for power laws")] = False,
+    weighted: Annotated[
+        bool, typer.Option(help="weight power-law points by 1 / sigma^2 of their optimum")
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="bootstrap resamples of cells or groups (and draws per group)")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the bootstrap")] = 0,
+    top_k_batches: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="fit the power law the paper's way: gamma over the k best batches per group"
+        ),
+    ] = None,
+    predict: Annotated[
+        list[str], typer.Option(help="print every law at e.g. N=7e9 D=1.4e12 (repeat per variable)")
+    ] = [],  # noqa: B006
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")
+    ] = None,
     plots: Annotated[bool, typer.Option(help="write the figures")] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Optimal LR per cell, power laws with bootstrap intervals, optimal batch, muP transfer; writes fit/fit.json."""
-    from . import fit as fitting
-    from .store import SweepDir
-    from .store import collect as do_collect
+    """Optimal LR and batch per group, laws over any variables, the loss law; writes fit/fit.json."""
+    from .fit import predict_all, run_fit
+    from .fit_data import parse_pairs, parse_values
+    from .fit_spec import parse_law_options
 
-    if SweepDir(source).exists():
-        do_collect(SweepDir(source))
-    runs = fitting.load_runs(source, fitting.parse_pairs(col), loss_column, batch_unit, seq_len)
-    laws = dict(fitting.DEFAULT_LAWS) | parse_laws(law)
-    result = fitting.fit_sweep(runs, group_by=group_by.split(",") if group_by else None, method=method, laws=laws,
-                               robust=robust, n_boot=bootstrap, top_k_batches=top_k_batches)
-    folder = out or fitting.default_fit_dir(source)
-    data = result.to_dict()
-    path = fitting.write_fit(data, folder)
-    figures = []
-    if plots:
-        from .plots import fit_figures
-
-        figures = [str(p) for p in fit_figures(data, folder)]
-    predictions = fitting.predict_all(data, fitting.parse_values(predict)) if predict else {}
+    values = parse_values(predict)
+    done = run_fit(
+        source,
+        columns=parse_pairs(col),
+        loss_column=loss_column,
+        batch_unit=batch_unit,
+        seq_len=seq_len,
+        out=out,
+        plots=plots,
+        group_by=group_by.split(",") if group_by else None,
+        method=method,
+        window=window,
+        band=band,
+        min_points=min_points,
+        laws=parse_law_options(law),
+        robust=robust,
+        weighted=weighted,
+        n_boot=bootstrap,
+        seed=seed,
+        top_k_batches=top_k_batches,
+    )
+    predictions = predict_all(done.fit, values) if values else {}
     if as_json:
-        print_json(data | {"fit_json": str(path), "figures": figures,
-                           "predictions": {k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in predictions.items()}})
+        print_json(
+            done.fit
+            | {
+                "fit_json": str(done.fit_json),
+                "figures": [str(p) for p in done.figures],
+                "predictions": {
+                    k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in predictions.items()
+                },
+            }
+        )
         return
-    render_fit(data, path, figures, predictions)
+    render_fit(done.fit, done.fit_json, done.figures, predictions)
 
 
-def parse_laws(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, formula = item.partition("=")
-        if not sep or not name.strip() or "~" not in formula:
-            raise ConfigError(f'--law {item!r}: expected NAME="lr_opt ~ VAR + VAR"')
-        out[name.strip()] = formula.strip()
-    return out
+def render_fit(data: dict, path: Path | None, figures: list[Path], predictions: dict) -> None:
+    from . import fit_report as report
 
-
-def render_fit(data: dict, path: Path, figures: list[str], predictions: dict) -> None:
-    from .fit import summary_tables
-
-    tables = summary_tables(data)
-    console.print(rows_table("laws (intervals: bootstrap over cells)", tables["laws"]))
-    used = [c for c in tables["cells"] if c["status"] == "used"]
-    console.print(rows_table(f"cells: {len(used)} used of {len(tables['cells'])}", tables["cells"]))
-    console.print(rows_table("muP transfer across widths", tables["transfer"]))
+    out = out_console()
+    power, loss = report.power_law_rows(data), report.loss_law_rows(data)
+    if power:
+        out.print(
+            rows_table("power laws y = a * prod x^e_x (95% intervals: bootstrap over cells or groups)", power)
+        )
+    if loss:
+        out.print(
+            rows_table(
+                "loss laws L = E + sum A_x * x^-alpha_x (Huber on ln L, L-BFGS; 95% bootstrap intervals)",
+                loss,
+            )
+        )
+    groups = report.group_rows(data)
+    if groups:
+        used = sum(g["status"] == "used" for g in groups)
+        out.print(rows_table(f"groups (joint LR x batch optimum): {used} used of {len(groups)}", groups))
+    n = data["n_cells"]
+    if data["mode"] == "sweep" and groups:
+        out.print(f"cells: {n['used']} used of {n['total']} (one LR curve per batch; each in fit.json)")
+    elif data["mode"] == "sweep":
+        out.print(rows_table(f"cells: {n['used']} used of {n['total']}", report.cell_rows(data)))
+    else:
+        g = data["n_groups"]
+        out.print(f"table of final losses: {g['used']} of {g['total']} settings used (no LR sweep)")
+    if data["mode"] == "sweep":
+        out.print(rows_table("muP transfer across widths", report.transfer_rows(data)))
+    out.print("units: " + "\n       ".join(report.units_lines(data)), highlight=False, markup=False)
     for warning in data["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     for name, value in predictions.items():
-        text = value if isinstance(value, str) else f"{value.value:.4g} [{value.low:.4g}, {value.high:.4g}]"
-        console.print(f"predict {name}: {text}")
-    console.print(f"fit: {path}")
+        text = value if isinstance(value, str) else report.interval(value._asdict())
+        out.print(f"predict {name}: {text}", highlight=False, markup=False)
+    if path is not None:
+        out.print(f"fit: {path}")
     for figure in figures:
-        console.print(f"figure: {figure}")
+        out.print(f"figure: {figure}")
 
 
 @app.command()
 @user_errors
 def export(
-    fit_path: Annotated[Path, typer.Argument(metavar="FIT", help="fit.json, or a folder holding fit/fit.json")],
-    batch_size: Annotated[int, typer.Option(help="target batch, sequences")],
-    tokens: Annotated[float, typer.Option(help="target run length, tokens")],
-    seq_len: Annotated[int | None, typer.Option(help="target sequence length (needed for lm-engine and torch)")] = None,
-    format_: Annotated[str, typer.Option("--format", help="json, yaml, lm-engine or torch")] = "json",
-    law: Annotated[str, typer.Option(help="which fitted law gives a and b")] = "power",
-    lr_max: Annotated[float, typer.Option(help="the Power schedule's cap")] = 0.02,
-    warmup_fraction: Annotated[float, typer.Option(help="warmup as a fraction of the tokens")] = 0.01,
-    decay_fraction: Annotated[float, typer.Option(help="decay as a fraction of the tokens")] = 0.1,
-    decay_shape: Annotated[str, typer.Option(help="linear, cosine, 1-sqrt or exponential")] = "exponential",
-    out: Annotated[Path | None, typer.Option(help="write the recommendation to this file instead of stdout")] = None,
-    plot: Annotated[Path | None, typer.Option(help="PNG of the target schedule (default: beside fit.json)")] = None,
+    fit_path: Annotated[
+        Path, typer.Argument(metavar="FIT", help="fit.json, or a folder holding fit/fit.json")
+    ],
+    tokens: Annotated[float, typer.Option(min=0, help="target run length, tokens (D)")],
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="target batch, sequences (default: the fit's batch law)")
+    ] = None,
+    params: Annotated[
+        float | None, typer.Option(min=0, help="target non-embedding parameters N, for laws over N")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(min=1, help="target sequence length (steps; needed for lm-engine and torch)")
+    ] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="output format")] = "json",
+    law: Annotated[
+        str, typer.Option(help="lr_opt law for the peak LR (auto: the one using most of the target)")
+    ] = "auto",
+    batch_law: Annotated[
+        str, typer.Option(help="batch_opt law when no --batch-size (auto: as --law)")
+    ] = "auto",
+    loss_law: Annotated[
+        str, typer.Option(help="loss law for the expected loss (auto: any that fits the target)")
+    ] = "auto",
+    lr_max: Annotated[float, typer.Option(min=0, help="the Power schedule's cap")] = 0.02,
+    warmup_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="warmup as a fraction of the run (whole steps)")
+    ] = 0.01,
+    decay_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="decay as a fraction of the run (whole steps)")
+    ] = 0.1,
+    decay_shape: Annotated[DecayShape, typer.Option(help="shape of the final decay")] = "exponential",
+    out: Annotated[
+        Path | None, typer.Option(help="write the recommendation to this file instead of stdout")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of the target schedule (default: beside fit.json)")
+    ] = None,
 ) -> None:
-    """Power-scheduler constants and recommended peak LR and batch size for a target run."""
-    from . import export as exporting
+    """Recommended peak LR, batch size and loss for a target (batch, tokens) or (N, D), with intervals;
+    the Power-scheduler constants and schedule when the LR law has the Power form."""
+    from . import export_formats as formats
+    from .export import export as recommend
     from .fit import find_fit, read_fit
 
     data = read_fit(fit_path)
-    rec = exporting.export(data, batch_size, tokens, seq_len, law=law, lr_max=lr_max, warmup_fraction=warmup_fraction,
-                           decay_fraction=decay_fraction, decay_shape=decay_shape)
-    text = exporting.render(rec, format_)
-    png = exporting.write_schedule_png(rec, plot or find_fit(fit_path).parent / f"schedule_B{batch_size}_T{tokens:.3g}.png")
+    rec = recommend(
+        data,
+        batch_size,
+        tokens,
+        seq_len,
+        params=params,
+        law=law,
+        batch_law=batch_law,
+        loss_law=loss_law,
+        lr_max=lr_max,
+        warmup_fraction=warmup_fraction,
+        decay_fraction=decay_fraction,
+        decay_shape=decay_shape,
+    )
+    text = formats.render(rec, format_)
+    png = None
+    if rec["constants"] is not None:
+        default = find_fit(fit_path).parent / f"schedule_B{rec['target']['batch_size']}_T{tokens:.3g}.png"
+        png = formats.write_schedule_png(rec, plot or default)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     else:
         sys.stdout.write(text + "\n")
     for warning in rec["warnings"]:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    err_console.print(f"schedule plot: {png}" + (f"; recommendation: {out}" if out else ""))
+        warn(warning)
+    notes = ([f"schedule plot: {png}"] if png else [rec["schedule_note"]]) + (
+        [f"recommendation: {out}"] if out else []
+    )
+    err_console.print("; ".join(notes), highlight=False, soft_wrap=True, markup=False)
 
 
 # --- demo --------------------------------------------------------------------------------------
 
+
 @app.command()
 @user_errors
 def demo(
-    quick: Annotated[bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")
+    ] = False,
     spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
     out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
-    workers: Annotated[int, typer.Option(help="runs at once (0: one per CPU core)")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the fit")] = 1000,
+    workers: Annotated[int, typer.Option(min=0, help="runs at once (0: one per CPU core)")] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples of the fit")] = 1000,
 ) -> None:
     """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
     from .demo import demo_spec, run_demo
@@ -611,8 +792,10 @@ def demo(
     with sweep_progress(True, f"sweep {name}") as on_progress:
         result = run_demo(spec, out, workers, bootstrap, on_progress=on_progress)
     launched = result.launched
-    console.print(f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
-                  f"were already recorded; collected {result.collected.runs}")
+    console.print(
+        f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
+        f"were already recorded; collected {result.collected.runs}"
+    )
     print_demo(result)
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
 
@@ -621,35 +804,46 @@ def print_demo(result: DemoResult) -> None:
     """The demo's findings: laws, Power constants, the example target, paths. A sweep that supports no
     law or no Power schedule is a finding too: it is said in yellow, and the command still succeeds."""
     from .demo import PAPER_LAW
-    from .fit import read_fit, summary_tables
+    from .fit import read_fit
+    from .fit_report import power_law_rows
 
+    out = out_console()
     if result.fit_json is None:
-        console.print(f"[yellow]no fitted law:[/yellow] {result.fit_error}", highlight=False)
+        out.print(f"[yellow]no fitted law:[/yellow] {escape(result.fit_error)}", highlight=False)
         return
     fit = read_fit(result.fit_json)
     n = fit["n_cells"]
-    console.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
-    rows = summary_tables(fit)["laws"]
-    keep = ("law", "a", "e_batch_size", "e_tokens", "r2", "n")
-    console.print(rows_table("fitted laws (95% intervals: bootstrap over cells)",
-                             [{k: row.get(k, "") for k in keep} for row in rows if row["status"] == "fitted"]))
+    out.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
+    keep = ("law", "a", "e_B", "e_D", "R2", "n")
+    rows = [{k: row[k] for k in keep if k in row} for row in power_law_rows(fit) if row["law"] in fit["laws"]]
+    out.print(rows_table("fitted laws (95% intervals: bootstrap over cells or groups)", rows))
     for law in fit["laws"].values():
         if law["status"] != "fitted":
-            console.print(f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False)
-    console.print(f"paper (Shen et al. 2024; batch in sequences of 4096 tokens, T in tokens): {PAPER_LAW}",
-                  highlight=False)
+            out.print(
+                f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False, markup=False
+            )
+    out.print(
+        f"paper (Shen et al. 2024; batch in sequences of 4096 tokens, T in tokens): {PAPER_LAW}",
+        highlight=False,
+    )
     rec = result.recommendation
     if rec is None:
-        console.print(f"[yellow]no Power schedule to export:[/yellow] {result.fit_error}", highlight=False)
+        out.print(
+            f"[yellow]no Power schedule to export:[/yellow] {escape(result.fit_error)}", highlight=False
+        )
     else:
         c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
-        console.print(f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
-                      f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
-                      f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}")
-        console.print(f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
-                      f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]")
+        out.print(
+            f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
+            f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
+            f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}"
+        )
+        out.print(
+            f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
+            f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]"
+        )
         for warning in rec["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    console.print(f"fit: {result.fit_json}")
+            out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    out.print(f"fit: {result.fit_json}")
     for path in [*result.figures, *([result.schedule_png] if result.schedule_png else [])]:
-        console.print(f"figure: {path}")
+        out.print(f"figure: {path}")

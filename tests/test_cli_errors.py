@@ -117,7 +117,7 @@ CASES = [
     (("export", F, *TARGET, "--format", "xml"), "--format"),
     (("export", F, *TARGET, "--law", "nope"), "nope"),
     (("export", F, *TARGET, "--warmup-fraction", "1.5"), "--warmup-fraction"),
-    (("export", F, *TARGET, "--lr-max", "0"), "lr_max"),
+    (("export", F, *TARGET, "--lr-max", "0"), "--lr-max"),
     (("export", "{not_a_sweep}/nowhere", *TARGET), "fit.json"),
 ]
 

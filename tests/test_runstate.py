@@ -14,7 +14,8 @@ import pytest
 from tiny import TINY_MODEL, record_paths
 
 from powerlaw_cli.config import LaunchConfig, RunConfig, settings_table
-from powerlaw_cli.fit import cell_columns, cell_curves, fit_sweep, load_runs
+from powerlaw_cli.fit import fit_sweep, load_runs
+from powerlaw_cli.fit_cells import cell_curves, grouping
 from powerlaw_cli.launch import launch
 from powerlaw_cli.schema import IDENTITY_COLUMNS, RUNS_SCHEMA, SETTING_COLUMNS
 from powerlaw_cli.spec import load_sweep
@@ -118,9 +119,9 @@ def test_every_run_id_setting_is_a_column_and_the_fit_never_pools_across_one(tmp
         assert table.column(column).null_count == 0, column
     assert sorted(table.column("synthetic_seed").to_pylist()) == [0, 0, 0, 1, 1, 1]
     runs = load_runs(out)
-    keys = cell_columns(runs)
-    assert "synthetic_seed" in keys
-    curves = cell_curves(runs, keys)
+    groups, cells, mode = grouping(runs)
+    assert mode == "sweep" and "synthetic_seed" in groups and "synthetic_seed" in cells
+    curves = cell_curves(runs, cells)
     assert len(curves) == 2  # one cell per language
     assert all(points["count"].tolist() == [1, 1, 1] for _, points, _ in curves)  # no seeds pooled
 
