@@ -4,6 +4,13 @@ Each field is documented where it is defined (its ``doc``) and says whether it c
 result (``identity``): only those enter the ``run_id``. Sweep files (``spec.py``) and ``plsweep train``
 reuse these sections unchanged, and the README's table of settings is generated from them.
 
+Run ids survive new settings. Adding a field to the identity would change the hash of every run, so
+every sweep directory launched before the upgrade would be refused or re-run. A setting added later
+therefore names its ``legacy`` value, the one that reproduces the behaviour from before it existed
+(``setting("coupled", ..., legacy="coupled")``), and ``RunConfig.identity()`` leaves the field out
+whenever it holds that value: such runs keep the ids they had, and only runs that use the new
+behaviour get new ids, whatever the field's default.
+
 Units: token counts are tokens, batch sizes are sequences, ``lr`` is the base Adam LR (the LR at
 ``width == base_width``) before muP's per-group multipliers.
 """
@@ -26,9 +33,19 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message is one line naming it."""
 
 
-def setting(default: Any, doc: str, *, identity: bool = True) -> Any:
-    """A config field with its documentation and whether it changes the run's result."""
-    metadata = {"doc": doc, "identity": identity}
+NO_LEGACY: Any = object()
+"""Marks a setting that has been part of the run id from the start (no ``legacy`` value)."""
+
+
+def setting(default: Any, doc: str, *, identity: bool = True, legacy: Any = NO_LEGACY) -> Any:
+    """A config field with its documentation and whether it changes the run's result.
+
+    ``legacy``: for a result setting added after run ids existed, the value that reproduces the
+    behaviour from before; ``RunConfig.identity()`` omits the field at that value (module docstring).
+    """
+    if legacy is not NO_LEGACY and not identity:
+        raise TypeError("only a setting that is part of the run id can have a legacy value")
+    metadata = {"doc": doc, "identity": identity, "legacy": legacy}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -49,20 +66,37 @@ class ModelConfig:
     mlp_ratio: float = setting(4.0, "MLP hidden width as a multiple of width")
     seq_len: int = setting(128, "tokens per training sequence")
     vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
-    parametrization: Literal["mup", "sp"] = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
+    parametrization: Literal["mup", "sp"] = setting(
+        "mup", "mup (Tensor Programs V, for Adam) or sp (standard)"
+    )
     base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
-    base_head_dim: int = setting(0, "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
-                                    "set it to head_dim when heads grow with width at a fixed head size)")
+    base_head_dim: int = setting(
+        0,
+        "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
+        "set it to head_dim when heads grow with width at a fixed head size)",
+    )
     init_std: float = setting(0.02, "init std of embeddings, readout and (at base width) hidden matrices")
-    positions: Literal["rotary", "learned"] = setting("rotary", "rotary (RoPE, no parameters) or learned absolute positions")
+    positions: Literal["rotary", "learned"] = setting(
+        "rotary", "rotary (RoPE, no parameters) or learned absolute positions"
+    )
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "n_heads", "seq_len", "vocab_size", "base_width"):
             _require(getattr(self, name) > 0, "model", name, "must be > 0")
         _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
-        _require((self.width // self.n_heads) % 2 == 0, "model", "n_heads", "head_dim = width / n_heads must be even (rotary)")
+        _require(
+            (self.width // self.n_heads) % 2 == 0,
+            "model",
+            "n_heads",
+            "head_dim = width / n_heads must be even (rotary)",
+        )
         if self.base_head_dim == 0:
-            _require(self.base_width % self.n_heads == 0, "model", "base_width", f"must be divisible by n_heads={self.n_heads}")
+            _require(
+                self.base_width % self.n_heads == 0,
+                "model",
+                "base_width",
+                f"must be divisible by n_heads={self.n_heads}",
+            )
         _require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
         _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
         _require(self.init_std > 0, "model", "init_std", "must be > 0")
@@ -91,7 +125,9 @@ class DataConfig:
         "synthetic (a seeded Markov language), tokens (uint16/uint32 .bin or .npy), text (byte-level file or folder), "
         "stdlib (byte-level, the running Python's standard library sources)",
     )
-    path: str = setting("", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder")
+    path: str = setting(
+        "", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder"
+    )
     dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files")
     synthetic_seed: int = setting(0, "synthetic: the seed of the language (its transition table)")
     zipf_exponent: float = setting(1.1, "synthetic: exponent s of the Zipf-like next-token weights k^-s")
@@ -108,11 +144,24 @@ class DataConfig:
 class OptimizerConfig:
     """AdamW."""
 
-    lr: float = setting(3e-3, "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power")
+    lr: float = setting(
+        3e-3,
+        "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power",
+    )
     beta1: float = setting(0.9, "Adam beta1")
     beta2: float = setting(0.95, "Adam beta2")
     eps: float = setting(1e-8, "Adam epsilon")
-    weight_decay: float = setting(0.1, "decoupled weight decay of matrices (AdamW; scaled by each group's LR)")
+    weight_decay: float = setting(
+        0.1,
+        "AdamW weight decay of matrices: a step shrinks a matrix by its group's LR x its decay (see weight_decay_rule)",
+    )
+    weight_decay_rule: Literal["coupled", "independent"] = setting(
+        "coupled",
+        "per-step decay of mup's hidden matrices: coupled lr/m x weight_decay (AdamW on muP's LR; the Power paper's "
+        "code), independent lr x weight_decay at every width (microsoft/mup's MuAdamW). Embeddings and readout decay "
+        "lr x weight_decay under both, norm gains not at all; for sp (m = 1) the rules are equal",
+        legacy="coupled",
+    )
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
 
     def __post_init__(self) -> None:
@@ -131,13 +180,21 @@ class ScheduleConfig:
     name: ScheduleName = setting("wsd", "constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")
     warmup_tokens: int = setting(0, "linear warmup from 0, tokens")
     decay_tokens: int = setting(0, "wsd/wsd_s/power: decay length, tokens (0: use decay_fraction)")
-    decay_fraction: float = setting(0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)")
-    decay_shape: DecayShape = setting("linear", "wsd/wsd_s/power decay: linear, cosine, 1-sqrt or exponential")
+    decay_fraction: float = setting(
+        0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)"
+    )
+    decay_shape: DecayShape = setting(
+        "linear", "wsd/wsd_s/power decay: linear, cosine, 1-sqrt or exponential"
+    )
     final_lr_ratio: float = setting(0.0, "LR at the end of a decay (or of cosine) as a fraction of its start")
     cycle_tokens: int = setting(0, "cyclic_cosine: length of one cosine cycle, tokens")
-    alpha_tokens: int = setting(1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens")
+    alpha_tokens: int = setting(
+        1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens"
+    )
     decay_points: list[int] = setting([], "wsd_s: the token budgets at which the main branch decays in place")
-    power_a: float = setting(4.0, "power: a in lr = min(lr_max, a * batch * n^b), batch in sequences, n in tokens")
+    power_a: float = setting(
+        4.0, "power: a in lr = min(lr_max, a * batch * n^b), batch in sequences, n in tokens"
+    )
     power_b: float = setting(-0.51, "power: the exponent b")
 
     def __post_init__(self) -> None:
@@ -152,7 +209,9 @@ class ScheduleConfig:
             points = self.decay_points
             _require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
             _require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
-            _require(list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing")
+            _require(
+                list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing"
+            )
         _require(self.power_a > 0, "schedule", "power_a", "must be > 0")
         _require(self.power_b < 0, "schedule", "power_b", "must be < 0")
 
@@ -165,14 +224,26 @@ class ScheduleConfig:
 class TrainingConfig:
     """The training loop."""
 
-    tokens: int = setting(2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps")
+    tokens: int = setting(
+        2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps"
+    )
     batch_size: int = setting(16, "sequences per optimizer step (batch_tokens = batch_size * seq_len)")
-    micro_batch_size: int = setting(0, "sequences per forward/backward (gradient accumulation; 0: the whole batch)", identity=False)
+    micro_batch_size: int = setting(
+        0, "sequences per forward/backward (gradient accumulation; 0: the whole batch)", identity=False
+    )
     seed: int = setting(0, "seed of the initialisation and of the order of training batches")
-    eval_every_tokens: int = setting(0, "evaluate on the validation set every this many tokens (0: only at the end)", identity=False)
-    divergence_factor: float = setting(3.0, "stop as diverged when the train loss exceeds this times the initial loss")
-    checkpoint_seconds: float = setting(600.0, "save resumable state at most this often, seconds (0: never)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto: CUDA (bf16 autocast) when present, else CPU fp32", identity=False)
+    eval_every_tokens: int = setting(
+        0, "evaluate on the validation set every this many tokens (0: only at the end)", identity=False
+    )
+    divergence_factor: float = setting(
+        3.0, "stop as diverged when the train loss exceeds this times the initial loss"
+    )
+    checkpoint_seconds: float = setting(
+        600.0, "save resumable state at most this often, seconds (0: never)", identity=False
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "auto: CUDA (bf16 autocast) when present, else CPU fp32", identity=False
+    )
     compile: bool = setting(False, "torch.compile the model (helps on GPUs)", identity=False)
 
     def __post_init__(self) -> None:
@@ -180,8 +251,12 @@ class TrainingConfig:
             _require(getattr(self, name) > 0, "training", name, "must be > 0")
         _require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
         if self.micro_batch_size:
-            _require(self.batch_size % self.micro_batch_size == 0, "training", "micro_batch_size",
-                     f"must divide batch_size={self.batch_size}")
+            _require(
+                self.batch_size % self.micro_batch_size == 0,
+                "training",
+                "micro_batch_size",
+                f"must divide batch_size={self.batch_size}",
+            )
         _require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
         _require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
         _require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
@@ -192,8 +267,12 @@ class AveragingConfig:
     """Weight averaging; a run reports the loss of the raw and of the averaged weights."""
 
     kind: Literal["none", "ema", "anytime", "tail"] = setting(
-        "none", "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)")
-    ema_tokens: int = setting(1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))")
+        "none",
+        "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)",
+    )
+    ema_tokens: int = setting(
+        1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))"
+    )
     anytime_gamma: float = setting(25.0, "anytime: old-weight coefficient 0.5^(gamma / (t + 1)), t in steps")
     tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
 
@@ -226,10 +305,18 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.schedule.name == "wsd_s":
-            _require(self.training.tokens in self.schedule.decay_points, "training", "tokens",
-                     f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}")
-        _require(self.schedule.warmup_tokens < self.training.tokens, "schedule", "warmup_tokens",
-                 f"must be below training.tokens={self.training.tokens}")
+            _require(
+                self.training.tokens in self.schedule.decay_points,
+                "training",
+                "tokens",
+                f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}",
+            )
+        _require(
+            self.schedule.warmup_tokens < self.training.tokens,
+            "schedule",
+            "warmup_tokens",
+            f"must be below training.tokens={self.training.tokens}",
+        )
 
     @property
     def batch_tokens(self) -> int:
@@ -250,11 +337,16 @@ class RunConfig:
         return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
 
     def identity(self) -> dict[str, dict[str, Any]]:
-        """The settings that change the run's result (what ``run_id`` hashes)."""
+        """The settings that change the run's result (what ``run_id`` hashes), without those at their
+        ``legacy`` value (so that runs from before a setting existed keep their ids)."""
         out: dict[str, dict[str, Any]] = {}
         for name in SECTION_NAMES:
             section = getattr(self, name)
-            out[name] = {f.name: getattr(section, f.name) for f in fields(section) if f.metadata["identity"]}
+            out[name] = {
+                f.name: getattr(section, f.name)
+                for f in fields(section)
+                if f.metadata["identity"] and not at_legacy(f, getattr(section, f.name))
+            }
         return out
 
     @property
@@ -268,7 +360,9 @@ class RunConfig:
         for key, value in overrides.items():
             section, _, name = key.partition(".")
             if section not in data or not name:
-                raise ConfigError(f"{where}: {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTION_NAMES)}")
+                raise ConfigError(
+                    f"{where}: {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTION_NAMES)}"
+                )
             data[section][name] = value
         return RunConfig.from_dict(data, where)
 
@@ -277,7 +371,9 @@ class RunConfig:
         """Build and validate from {section: {field: value}}; missing sections and fields take defaults."""
         unknown = sorted(set(data) - set(SECTION_NAMES))
         if unknown:
-            raise ConfigError(f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}")
+            raise ConfigError(
+                f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}"
+            )
         sections = {}
         for name, section_type in SECTION_TYPES.items():
             raw = data.get(name, {})
@@ -352,19 +448,28 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported setting type {annotation!r}")
 
 
+def at_legacy(f: dataclasses.Field, value: Any) -> bool:
+    """Whether ``value`` is field ``f``'s legacy value (the behaviour from before the field existed)."""
+    legacy = f.metadata["legacy"]
+    return legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy
+
+
 def stable_hash(data: Any, length: int = 16) -> str:
     """Hex digest of canonical JSON: key order and int/float spelling of equal numbers do not matter."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def settings_table() -> list[tuple[str, str, Any, str, bool]]:
-    """(section, field, default, doc, identity) for every setting: the source of the README's table."""
+def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
+    """(section, field, default, doc, identity, legacy) for every setting: the source of the README's
+    table; ``legacy`` is ``NO_LEGACY`` for settings without one."""
     rows = []
     for name, section_type in SECTION_TYPES.items():
         for f in fields(section_type):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"]))
+            rows.append(
+                (name, f.name, default, f.metadata["doc"], f.metadata["identity"], f.metadata["legacy"])
+            )
     return rows
 
 
@@ -382,10 +487,20 @@ class LaunchConfig:
     constraint: str = setting("", "Slurm --constraint (node features)", identity=False)
     array_parallelism: int = setting(256, "array tasks of one array running at once", identity=False)
     runs_per_task: int = setting(1, "runs packed into one array task, run one after another", identity=False)
-    sbatch_extra: list[str] = setting([], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False)
-    signal_seconds: int = setting(120, "seconds before the time limit at which workers checkpoint and requeue", identity=False)
-    share_trunks: bool = setting(True, "train WSD or Power runs that differ only in tokens as one trunk with decay branches", identity=False)
-    workers: int = setting(0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False)
+    sbatch_extra: list[str] = setting(
+        [], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False
+    )
+    signal_seconds: int = setting(
+        120, "seconds before the time limit at which workers checkpoint and requeue", identity=False
+    )
+    share_trunks: bool = setting(
+        True,
+        "train WSD or Power runs that differ only in tokens as one trunk with decay branches",
+        identity=False,
+    )
+    workers: int = setting(
+        0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("time_minutes", "array_parallelism", "runs_per_task"):
@@ -394,4 +509,9 @@ class LaunchConfig:
             _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
         _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
         for line in self.sbatch_extra:
-            _require(line.startswith("--"), "launch", "sbatch_extra", f"{line!r} must be an option like --key=value")
+            _require(
+                line.startswith("--"),
+                "launch",
+                "sbatch_extra",
+                f"{line!r} must be an option like --key=value",
+            )

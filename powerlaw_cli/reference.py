@@ -12,7 +12,7 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import LaunchConfig, settings_table
+from .config import NO_LEGACY, LaunchConfig, settings_table
 from .schema import CURVE_COLUMNS, RUN_COLUMNS
 
 
@@ -34,8 +34,11 @@ def _cell(text: str) -> str:
 def settings_markdown() -> str:
     """Every run setting: section.field, default, meaning, and whether it is part of the run id."""
     lines = ["| setting | default | meaning | in run id |", "|---|---|---|---|"]
-    for section, name, default, doc, identity in settings_table():
-        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {_cell(doc)} | {'yes' if identity else 'no'} |")
+    for section, name, default, doc, identity, legacy in settings_table():
+        in_id = (
+            "no" if not identity else "yes" if legacy is NO_LEGACY else f"yes, except at `{_toml(legacy)}`"
+        )
+        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {_cell(doc)} | {in_id} |")
     return "\n".join(lines)
 
 
@@ -57,8 +60,12 @@ def columns_markdown(columns: list) -> str:
 
 def tables() -> dict[str, str]:
     """Marker name -> generated markdown."""
-    return {"settings": settings_markdown(), "launch-settings": launch_markdown(),
-            "runs-schema": columns_markdown(RUN_COLUMNS), "curves-schema": columns_markdown(CURVE_COLUMNS)}
+    return {
+        "settings": settings_markdown(),
+        "launch-settings": launch_markdown(),
+        "runs-schema": columns_markdown(RUN_COLUMNS),
+        "curves-schema": columns_markdown(CURVE_COLUMNS),
+    }
 
 
 def refreshed(text: str) -> str:
