@@ -4,6 +4,13 @@ Each field is documented where it is defined (its ``doc``) and says whether it c
 result (``identity``): only those enter the ``run_id``. Sweep files (``spec.py``) and ``plsweep train``
 reuse these sections unchanged, and the README's table of settings is generated from them.
 
+Run ids survive new settings. Adding a field to the identity would change the hash of every run, so
+every sweep directory launched before the upgrade would be refused or re-run. A setting added later
+therefore names its ``legacy`` value, the one that reproduces the behaviour from before it existed
+(``setting("coupled", ..., legacy="coupled")``), and ``RunConfig.identity()`` leaves the field out
+whenever it holds that value: such runs keep the ids they had, and only runs that use the new
+behaviour get new ids, whatever the field's default.
+
 Units: token counts are tokens, batch sizes are sequences, ``lr`` is the base Adam LR (the LR at
 ``width == base_width``) before muP's per-group multipliers.
 """
@@ -26,6 +33,7 @@ DecayShape = Literal["linear", "cosine", "1-sqrt", "exponential"]
 DataSource = Literal["synthetic", "tokens", "text", "stdlib"]
 AveragingKind = Literal["none", "ema", "anytime", "tail"]
 Parametrization = Literal["mup", "sp"]
+WeightDecayRule = Literal["coupled", "independent"]
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
 
 
@@ -33,12 +41,21 @@ class ConfigError(PlsweepError):
     """A setting is unknown, of the wrong type or out of range; the message is one line naming it."""
 
 
-def setting(default: Any, doc: str, *, identity: bool = True, column: str | None = None) -> Any:
+NO_LEGACY: Any = object()
+"""Marks a setting that has been part of the run id from the start (no ``legacy`` value)."""
+
+
+def setting(default: Any, doc: str, *, identity: bool = True, column: str | None = None,
+            legacy: Any = NO_LEGACY) -> Any:
     """A config field with its documentation and whether it changes the run's result.
 
-    A run-id setting is a column of the runs table (``schema.py``), named ``column`` (default: the field's name).
+    A run-id setting is a column of the runs table (``schema.py``), named ``column`` (default: the field's
+    name). ``legacy``: for a result setting added after run ids existed, the value that reproduces the
+    behaviour from before; ``RunConfig.identity()`` omits the field at that value (module docstring).
     """
-    metadata = {"doc": doc, "identity": identity, "column": column}
+    if legacy is not NO_LEGACY and not identity:
+        raise TypeError("only a setting that is part of the run id can have a legacy value")
+    metadata = {"doc": doc, "identity": identity, "column": column, "legacy": legacy}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -58,10 +75,14 @@ class Section:
         """{field: value} (plain data; do not modify)."""
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that change a run's result, without those at their ``legacy`` value."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if in_identity(f, getattr(self, f.name))}
+
     @functools.cached_property
     def identity_json(self) -> str:
-        """The canonical JSON of the fields that change a run's result (see ``stable_hash``)."""
-        return canonical_json({f.name: getattr(self, f.name) for f in fields(self) if f.metadata["identity"]})
+        """The canonical JSON of ``identity()`` (see ``stable_hash``)."""
+        return canonical_json(self.identity())
 
 
 @dataclass(frozen=True)
@@ -162,7 +183,15 @@ class OptimizerConfig(Section):
     beta1: float = setting(0.9, "Adam beta1")
     beta2: float = setting(0.95, "Adam beta2")
     eps: float = setting(1e-8, "Adam epsilon")
-    weight_decay: float = setting(0.1, "decoupled weight decay of matrices (AdamW; scaled by each group's LR)")
+    weight_decay: float = setting(
+        0.1, "AdamW weight decay of matrices: a step shrinks a matrix by its group's LR x its decay (see weight_decay_rule)")
+    weight_decay_rule: WeightDecayRule = setting(
+        "coupled",
+        "per-step decay of mup's hidden matrices: coupled lr/m x weight_decay (AdamW on muP's LR; the Power paper's "
+        "code), independent lr x weight_decay at every width (microsoft/mup's MuAdamW). Embeddings and readout decay "
+        "lr x weight_decay under both, norm gains not at all; for sp (m = 1) the rules are equal",
+        legacy="coupled",
+    )
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
 
     def __post_init__(self) -> None:
@@ -301,12 +330,9 @@ class RunConfig:
         return {f"{name}.{k}": v for name in SECTION_NAMES for k, v in getattr(self, name).values.items()}
 
     def identity(self) -> dict[str, dict[str, Any]]:
-        """The settings that change the run's result (what ``run_id`` hashes)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in SECTION_NAMES:
-            section = getattr(self, name)
-            out[name] = {f.name: getattr(section, f.name) for f in fields(section) if f.metadata["identity"]}
-        return out
+        """The settings that change the run's result (what ``run_id`` hashes), without those at their
+        ``legacy`` value (so that runs from before a setting existed keep their ids)."""
+        return {name: getattr(self, name).identity() for name in SECTION_NAMES}
 
     @functools.cached_property
     def run_id(self) -> str:
@@ -431,13 +457,20 @@ def stable_hash(data: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:length]
 
 
-def settings_table() -> list[tuple[str, str, Any, str, bool]]:
-    """(section, field, default, doc, identity) for every setting: the source of the README's table."""
+def in_identity(f: dataclasses.Field, value: Any) -> bool:
+    """Whether field ``f`` holding ``value`` enters the run id: a result setting not at its ``legacy`` value."""
+    legacy = f.metadata["legacy"]
+    return f.metadata["identity"] and not (legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy)
+
+
+def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
+    """(section, field, default, doc, identity, legacy) for every setting: the source of the README's
+    table; ``legacy`` is ``NO_LEGACY`` for settings without one."""
     rows = []
     for name, section_type in SECTION_TYPES.items():
         for f in fields(section_type):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"]))
+            rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"], f.metadata["legacy"]))
     return rows
 
 

@@ -69,7 +69,8 @@ def transfer_check(
     log2 width within groups (group means removed), times log2(max width / min width). Its interval
     resamples groups and redraws each cell's log2 lr_opt from N(estimate, sigma_log2). Verdict:
     ``transfers`` when the shift and its interval are within a factor ``tolerance`` (default 2, one x2 grid
-    step), ``shifts`` when the shift itself is beyond it, else ``uncertain``.
+    step), ``shifts`` when the whole interval is beyond it, else ``uncertain`` (a point estimate beyond
+    the tolerance whose interval reaches inside it is noise as far as this test can tell).
     """
     used = cells[cells["status"] == "used"]
     if "width" not in used or used["width"].nunique() < 2:
@@ -92,7 +93,7 @@ def transfer_check(
         "transfers"
         if abs(shift) <= tol and -tol <= low and high <= tol
         else "shifts"
-        if abs(shift) > tol
+        if low > tol or high < -tol
         else "uncertain"
     )
     return {

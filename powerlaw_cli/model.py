@@ -9,14 +9,31 @@ Parametrizations, with m = width / base_width (``cfg.width_multiplier``):
 =====================  ==========================================  ============================
 parameter              mup (Tensor Programs V, Adam)               sp (standard)
 =====================  ==========================================  ============================
-token/pos embedding    init init_std, LR x1                        init init_std, LR x1
+token/pos embedding    init init_std, LR x1, decay lr * wd         init init_std, LR x1,
+                                                                   decay lr * wd
 hidden matrices        init init_std / sqrt(m), LR x 1/m           init init_std, LR x1
 (qkv, attn proj,       (output projections also / sqrt(2 depth))   (same / sqrt(2 depth))
-MLP fc, MLP proj)
+MLP fc, MLP proj)      decay: see below                            decay lr * wd
 norm gains             init 1, LR x1, no weight decay              same
-readout                init init_std, LR x1, logits x 1/m          init init_std, LR x1
+readout                init init_std, LR x1, logits x 1/m,         init init_std, LR x1,
+                       decay lr * wd                               decay lr * wd
 attention scores       q.k * sqrt(base_head_dim) / head_dim        q.k / sqrt(head_dim)
 =====================  ==========================================  ============================
+
+Weight decay is AdamW's: a step multiplies a matrix by 1 - (its group's LR) x (its group's decay), so
+"decay lr * wd" is that per-step fraction with lr the schedule's base LR and wd ``weight_decay``.
+muP's hidden matrices have two rules (``optimizer.weight_decay_rule``):
+
+- ``coupled``: the group's decay is wd, so the per-step decay is lr / m * wd and a wider model decays
+  less per step (8x less at m = 8). What AdamW on muP's per-group LRs does by itself; the Power
+  paper's code (IBM dolomite-engine) does this. plsweep's only rule before the setting existed.
+- ``independent``: the group's decay is wd * m, so the per-step decay is lr * wd at every width, as in
+  microsoft/mup's ``MuAdamW`` (weight decay x width_mult on matrix-like parameters). Wang & Aitchison
+  (arXiv 2405.13698) argue that AdamW's weights are an EMA of updates over 1 / (lr * wd) steps and that
+  this timescale should not change with width; Kosson et al. (arXiv 2510.19093) find that LR transfer
+  over long training needs this form.
+
+Both rules give sp's decay at m = 1, and for sp (m = 1 everywhere) they are the same.
 
 The readout choice (init init_std, LR unscaled, logits multiplied by 1/m) is the one in the Power
 scheduler paper's code (Shen et al. 2024); it is microsoft/mup's ``MuReadout`` with output_mult 1.
@@ -78,7 +95,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (
+            t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hs)
@@ -159,17 +178,26 @@ class GPT(nn.Module):
             if kind == "hidden":
                 std /= math.sqrt(self.m)  # muP: variance ~ 1/fan_in, equal to init_std^2 at base width
                 if name.endswith("proj.weight"):
-                    std /= math.sqrt(2 * self.cfg.depth)  # GPT-2: keep the residual sum's variance O(1) in depth
+                    std /= math.sqrt(
+                        2 * self.cfg.depth
+                    )  # GPT-2: keep the residual sum's variance O(1) in depth
             p.copy_(torch.randn(p.shape, generator=g, device="cpu") * std)
 
     def param_groups(self, opt: OptimizerConfig) -> list[dict]:
         """Groups for ``torch.optim.AdamW``: name, params, lr = opt.lr * lr_multiplier, weight_decay.
 
         muP's Adam rule: hidden matrices get LR x 1/m; embeddings, norm gains and the readout keep opt.lr.
-        Norm gains have no weight decay; AdamW multiplies weight decay by each group's LR, so muP's hidden
-        matrices decay at lr / m * weight_decay. A training loop sets ``group["lr"] = lr_t * group["lr_multiplier"]``.
+        AdamW's per-step decay is a group's LR times its weight_decay: norm gains have none; the hidden
+        matrices' weight_decay is opt.weight_decay (``coupled``, per-step decay lr / m * wd) or
+        opt.weight_decay * m (``independent``, lr * wd at every width); see the module docstring.
+        A training loop sets ``group["lr"] = lr_t * group["lr_multiplier"]``.
         """
         multiplier = {"embedding": 1.0, "hidden": 1.0 / self.m, "norm": 1.0, "readout": 1.0}
+        decay = dict.fromkeys(GROUP_NAMES, opt.weight_decay) | {"norm": 0.0}
+        if opt.weight_decay_rule == "independent":
+            decay["hidden"] = (
+                opt.weight_decay * self.m
+            )  # undoes the 1/m of the hidden LR in lr * weight_decay
         params: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
         for name, p in self.named_parameters():
             params[self.param_kind(name, p)].append(p)
@@ -179,7 +207,7 @@ class GPT(nn.Module):
                 "params": params[name],
                 "lr": opt.lr * multiplier[name],
                 "lr_multiplier": multiplier[name],
-                "weight_decay": 0.0 if name == "norm" else opt.weight_decay,
+                "weight_decay": decay[name],
             }
             for name in GROUP_NAMES
         ]

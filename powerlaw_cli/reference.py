@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .config import SECTION_TYPES, LaunchConfig, field_types, settings_table
+from .config import NO_LEGACY, SECTION_TYPES, LaunchConfig, field_types, settings_table
 from .schema import CURVE_COLUMNS, RUN_COLUMNS
 
 
@@ -44,9 +44,10 @@ def values_of(annotation: Any) -> str:
 def settings_markdown() -> str:
     """Every run setting: section.field, default, values, meaning, and whether it is part of the run id."""
     lines = ["| setting | default | values | meaning | in run id |", "|---|---|---|---|---|"]
-    for section, name, default, doc, identity in settings_table():
+    for section, name, default, doc, identity, legacy in settings_table():
         values = values_of(field_types(SECTION_TYPES[section])[name])
-        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {values} | {_cell(doc)} | {'yes' if identity else 'no'} |")
+        in_id = "no" if not identity else "yes" if legacy is NO_LEGACY else f"yes, except at `{_toml(legacy)}`"
+        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {values} | {_cell(doc)} | {in_id} |")
     return "\n".join(lines)
 
 
@@ -69,8 +70,12 @@ def columns_markdown(columns: list) -> str:
 
 def tables() -> dict[str, str]:
     """Marker name -> generated markdown."""
-    return {"settings": settings_markdown(), "launch-settings": launch_markdown(),
-            "runs-schema": columns_markdown(RUN_COLUMNS), "curves-schema": columns_markdown(CURVE_COLUMNS)}
+    return {
+        "settings": settings_markdown(),
+        "launch-settings": launch_markdown(),
+        "runs-schema": columns_markdown(RUN_COLUMNS),
+        "curves-schema": columns_markdown(CURVE_COLUMNS),
+    }
 
 
 def refreshed(text: str) -> str:

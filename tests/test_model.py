@@ -38,7 +38,11 @@ def test_mup_and_sp_are_the_same_model_at_base_width(positions: str) -> None:
     mup_groups, sp_groups = mup.param_groups(opt), sp.param_groups(opt)
     for a, b in zip(mup_groups, sp_groups, strict=True):
         assert (a["name"], a["lr"], a["lr_multiplier"], a["weight_decay"]) == (
-            b["name"], b["lr"], b["lr_multiplier"], b["weight_decay"])
+            b["name"],
+            b["lr"],
+            b["lr_multiplier"],
+            b["weight_decay"],
+        )
         assert [p.shape for p in a["params"]] == [p.shape for p in b["params"]]
     # One AdamW step on the same batch: the same loss, the same updated weights, the same outputs.
     idx = tokens(mup.cfg)
@@ -50,7 +54,10 @@ def test_mup_and_sp_are_the_same_model_at_base_width(positions: str) -> None:
 
 
 def test_mup_differs_from_sp_away_from_base_width() -> None:
-    mup, sp = GPT(config(width=128, parametrization="mup"), seed=0), GPT(config(width=128, parametrization="sp"), seed=0)
+    mup, sp = (
+        GPT(config(width=128, parametrization="mup"), seed=0),
+        GPT(config(width=128, parametrization="sp"), seed=0),
+    )
     assert not torch.equal(mup.blocks[0].attn.qkv.weight, sp.blocks[0].attn.qkv.weight)
     assert torch.equal(mup.wte.weight, sp.wte.weight)  # embeddings keep init_std in both
 
@@ -77,12 +84,17 @@ def test_mup_init_std_scales_hidden_matrices_by_one_over_sqrt_m() -> None:
 
 @pytest.mark.parametrize("parametrization", ["mup", "sp"])
 def test_param_groups_lr_multipliers_and_weight_decay(parametrization: str) -> None:
-    model = GPT(config(width=256, base_width=64, parametrization=parametrization, positions="learned"))  # m = 4
+    cfg = config(width=256, base_width=64, parametrization=parametrization, positions="learned")  # m = 4
+    model = GPT(cfg)
     opt = OptimizerConfig(lr=0.01, weight_decay=0.1)
     groups = {g["name"]: g for g in model.param_groups(opt)}
     hidden_multiplier = 0.25 if parametrization == "mup" else 1.0
     assert {name: g["lr_multiplier"] for name, g in groups.items()} == {
-        "embedding": 1.0, "hidden": hidden_multiplier, "norm": 1.0, "readout": 1.0}
+        "embedding": 1.0,
+        "hidden": hidden_multiplier,
+        "norm": 1.0,
+        "readout": 1.0,
+    }
     for g in groups.values():
         assert g["lr"] == pytest.approx(0.01 * g["lr_multiplier"])
         assert g["weight_decay"] == (0.0 if g["name"] == "norm" else 0.1)
@@ -94,8 +106,48 @@ def test_param_groups_lr_multipliers_and_weight_decay(parametrization: str) -> N
     assert all(n.endswith(("ln_1.weight", "ln_2.weight")) or n == "ln_f.weight" for n in members["norm"])
     assert len(members["norm"]) == 2 * 2 + 1
     assert sorted(n.split(".", 2)[2] for n in members["hidden"]) == sorted(
-        ["attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"] * 2)
+        ["attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight"] * 2
+    )
     assert sum(len(m) for m in members.values()) == len(names)  # every parameter in exactly one group
+
+
+def per_step_decay(model: GPT, opt: OptimizerConfig) -> dict[str, float]:
+    """Per group, the fraction by which one real AdamW step shrinks its weights, measured.
+
+    The gradients are zero, so Adam's own update is exactly 0 and only the weight decay moves the weights.
+    """
+    groups = model.param_groups(opt)
+    before = {g["name"]: [p.detach().clone() for p in g["params"]] for g in groups}
+    optimizer = torch.optim.AdamW(groups, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    decay = {}
+    for g in groups:
+        old = torch.cat([p.flatten() for p in before[g["name"]]]).double()
+        new = torch.cat([p.detach().flatten() for p in g["params"]]).double()
+        decay[g["name"]] = 1.0 - float(new @ old / (old @ old))
+    return decay
+
+
+@pytest.mark.parametrize("rule", ["coupled", "independent"])
+def test_weight_decay_rules_give_the_per_step_decay_they_promise(rule: str) -> None:
+    """coupled: muP's hidden matrices decay lr/m * wd per step; independent: lr * wd at every width.
+    Embeddings and readout decay lr * wd, norm gains not at all, under both rules; at base width both are sp."""
+    lr, wd = 0.1, 0.4  # large, so that fp32 rounding of the decayed weights is far below the decay itself
+    opt = OptimizerConfig(lr=lr, weight_decay=wd, weight_decay_rule=rule)
+    for m in (1, 8):
+        cfg = config(width=32 * m, base_width=32, n_heads=2, vocab_size=32, positions="learned")
+        hidden = lr * wd if rule == "independent" else lr / m * wd
+        expected = {"embedding": lr * wd, "hidden": hidden, "norm": 0.0, "readout": lr * wd}
+        measured = per_step_decay(GPT(cfg, seed=0), opt)
+        assert measured == pytest.approx(expected, rel=1e-4, abs=1e-9), (m, measured)
+        sp = per_step_decay(GPT(ModelConfig(**{**vars(cfg), "parametrization": "sp"}), seed=0), opt)
+        assert sp == pytest.approx(dict.fromkeys(expected, lr * wd) | {"norm": 0.0}, rel=1e-4, abs=1e-9)
+        if m == 1:
+            assert measured == sp  # at base width, mup under either rule is sp, bit for bit
+    if rule == "coupled":  # the rule from before the setting existed: 8x less decay per step at m = 8
+        assert measured["hidden"] == pytest.approx(lr * wd / 8, rel=1e-4)
 
 
 def test_param_groups_work_with_adamw_and_a_schedule() -> None:
@@ -117,7 +169,7 @@ def test_logits_equal_a_manual_forward_with_the_one_over_m_multiplier() -> None:
     token = 7
     x = model.wte.weight[token]
     for block in model.blocks:
-        v = block.attn.qkv.weight[2 * cfg.width:] @ rms_norm(x, block.ln_1.weight)
+        v = block.attn.qkv.weight[2 * cfg.width :] @ rms_norm(x, block.ln_1.weight)
         x = x + block.attn.proj.weight @ v
         x = x + block.mlp.proj.weight @ F.gelu(block.mlp.fc.weight @ rms_norm(x, block.ln_2.weight))
     manual = model.lm_head.weight @ rms_norm(x, model.ln_f.weight) / 4.0
@@ -142,17 +194,28 @@ def test_attention_scale_is_sqrt_base_head_dim_over_head_dim_under_mup() -> None
     assert model.attn_scale == pytest.approx(math.sqrt(16) / 64)
     assert GPT(config(width=256, base_width=64, parametrization="sp")).attn_scale == pytest.approx(1 / 8)
     attn = model.blocks[0].attn
-    x = 30 * torch.randn(1, 8, cfg.width, generator=torch.Generator().manual_seed(0))  # large, so softmax is not flat
+    # large, so that the softmax is not flat
+    x = 30 * torch.randn(1, 8, cfg.width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = attn(x, None)
-        torch.testing.assert_close(out, attention_reference(attn, x, math.sqrt(16) / 64), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out, attention_reference(attn, x, math.sqrt(16) / 64), rtol=1e-4, atol=1e-5
+        )
         assert not torch.allclose(out, attention_reference(attn, x, 1 / 8), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("positions", ["rotary", "learned"])
 def test_params_non_embedding_and_flops_per_token(positions: str) -> None:
-    cfg = config(width=96, n_heads=4, base_width=64, depth=3, mlp_ratio=2.5, seq_len=32, vocab_size=50,
-                 positions=positions)
+    cfg = config(
+        width=96,
+        n_heads=4,
+        base_width=64,
+        depth=3,
+        mlp_ratio=2.5,
+        seq_len=32,
+        vocab_size=50,
+        positions=positions,
+    )
     model = GPT(cfg)
     C, H, L = 96, 240, 3
     per_block = 3 * C * C + C * C + C * H + H * C + 2 * C  # qkv, attn proj, fc, mlp proj, two norm gains
@@ -197,10 +260,16 @@ def test_rotary_scores_depend_only_on_relative_position() -> None:
 
     cos, sin = rotary_tables(16, 8)
     q, k = torch.randn(8, generator=torch.Generator().manual_seed(0)), torch.randn(8)
+
     def rot(x: torch.Tensor, pos: int) -> torch.Tensor:
         return apply_rotary(x.view(1, 1, 1, 8), cos[pos], sin[pos]).flatten()
-    assert torch.dot(rot(q, 5), rot(k, 3)).item() == pytest.approx(torch.dot(rot(q, 12), rot(k, 10)).item(), abs=1e-5)
-    assert torch.dot(rot(q, 5), rot(k, 3)).item() != pytest.approx(torch.dot(rot(q, 5), rot(k, 4)).item(), abs=1e-3)
+
+    assert torch.dot(rot(q, 5), rot(k, 3)).item() == pytest.approx(
+        torch.dot(rot(q, 12), rot(k, 10)).item(), abs=1e-5
+    )
+    assert torch.dot(rot(q, 5), rot(k, 3)).item() != pytest.approx(
+        torch.dot(rot(q, 5), rot(k, 4)).item(), abs=1e-3
+    )
     assert rot(q, 7).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
 
 

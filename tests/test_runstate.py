@@ -113,7 +113,7 @@ def test_every_run_id_setting_is_a_column_and_the_fit_never_pools_across_one(tmp
     collect(SweepDir(out))
     table = pq.read_table(out / "runs.parquet")
     assert table.schema.remove_metadata() == RUNS_SCHEMA
-    identity = {f"{section}.{name}" for section, name, _, _, is_id in settings_table() if is_id}
+    identity = {f"{section}.{name}" for section, name, _, _, is_id, _ in settings_table() if is_id}
     assert set(SETTING_COLUMNS) == identity and set(IDENTITY_COLUMNS) <= set(table.column_names)
     for column in IDENTITY_COLUMNS:  # written by the real record writer, every one filled
         assert table.column(column).null_count == 0, column

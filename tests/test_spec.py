@@ -28,7 +28,11 @@ def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
 
 
 def test_product_of_axes_with_ranges_and_zipped_settings(tmp_path):
-    sweep = load_sweep(write(tmp_path, BASE + """
+    sweep = load_sweep(
+        write(
+            tmp_path,
+            BASE
+            + """
 [grid]
 optimizer.lr = { log = [1e-4, 1e-2], num = 3 }
 training.batch_size = { pow2 = [8, 32] }
@@ -36,7 +40,9 @@ training.seed = [0, 1]
 [[grid.zip]]
 model.width = [32, 64]
 model.n_heads = [2, 4]
-"""))
+""",
+        )
+    )
     assert len(sweep.runs) == 3 * 3 * 2 * 2
     assert sweep.axes["optimizer.lr"] == [1e-4, 1e-3, 1e-2]
     assert sweep.axes["training.batch_size"] == [8, 16, 32]
@@ -46,12 +52,16 @@ model.n_heads = [2, 4]
 
 
 def test_geometric_range_is_the_papers_x2_grid(tmp_path):
-    sweep = load_sweep(write(tmp_path, BASE + "[grid]\noptimizer.lr = { start = 2e-4, ratio = 2, num = 8 }\n"))
+    sweep = load_sweep(
+        write(tmp_path, BASE + "[grid]\noptimizer.lr = { start = 2e-4, ratio = 2, num = 8 }\n")
+    )
     assert sweep.axes["optimizer.lr"] == [0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256]
 
 
 def test_run_ids_do_not_depend_on_file_order_spelling_or_sweep(tmp_path):
-    a = load_sweep(write(tmp_path, BASE + "[grid]\noptimizer.lr = [0.001, 0.01]\ntraining.seed = [0, 1]\n", "a.toml"))
+    a = load_sweep(
+        write(tmp_path, BASE + "[grid]\noptimizer.lr = [0.001, 0.01]\ntraining.seed = [0, 1]\n", "a.toml")
+    )
     b_text = """
 [grid.training]
 seed = [1, 0]
@@ -69,7 +79,9 @@ name = "other"
     b = load_sweep(write(tmp_path, b_text, "b.toml"))
     assert {r.run_id for r in a.runs} == {r.run_id for r in b.runs}
     assert a.sweep_hash != b.sweep_hash  # a different sweep (name) with the same runs
-    one = RunConfig.from_dict({"model": {"width": 32, "n_heads": 2, "base_width": 32}, "optimizer": {"lr": 0.01}})
+    one = RunConfig.from_dict(
+        {"model": {"width": 32, "n_heads": 2, "base_width": 32}, "optimizer": {"lr": 0.01}}
+    )
     assert one.run_id in {r.run_id for r in a.runs}  # the same run outside any sweep has the same id
 
 
@@ -77,9 +89,56 @@ def test_run_id_changes_with_results_settings_only(tmp_path):
     run = RunConfig()
     assert run.replace({"optimizer.lr": 1e-3}).run_id != run.run_id
     assert run.replace({"training.seed": 1}).run_id != run.run_id
-    for key, value in {"training.micro_batch_size": 4, "training.eval_every_tokens": 1024,
-                       "training.device": "cpu", "training.checkpoint_seconds": 5.0}.items():
+    for key, value in {
+        "training.micro_batch_size": 4,
+        "training.eval_every_tokens": 1024,
+        "training.device": "cpu",
+        "training.checkpoint_seconds": 5.0,
+    }.items():
         assert run.replace({key: value}).run_id == run.run_id, key
+
+
+# Run ids computed by plsweep before optimizer.weight_decay_rule existed (commit 7f33f73), pinned.
+IDS_BEFORE_WEIGHT_DECAY_RULE = {
+    "default": ("c9cd185c67ed21a4", {}),
+    "mup width 256": (
+        "cbca29b3e23a4a24",
+        {
+            "model": {"width": 256, "base_width": 32, "parametrization": "mup"},
+            "optimizer": {"lr": 0.01, "weight_decay": 0.1},
+        },
+    ),
+    "sp width 256": (
+        "a2dccc204c552010",
+        {"model": {"width": 256, "base_width": 32, "parametrization": "sp"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", IDS_BEFORE_WEIGHT_DECAY_RULE)
+def test_a_setting_at_its_legacy_value_keeps_the_run_ids_from_before_it_existed(name):
+    old_id, data = IDS_BEFORE_WEIGHT_DECAY_RULE[name]
+    coupled = RunConfig.from_dict(
+        {**data, "optimizer": {**data.get("optimizer", {}), "weight_decay_rule": "coupled"}}
+    )
+    independent = coupled.replace({"optimizer.weight_decay_rule": "independent"})
+    assert coupled.run_id == old_id
+    assert "weight_decay_rule" not in coupled.identity()["optimizer"]
+    assert independent.run_id != old_id
+    assert independent.identity()["optimizer"]["weight_decay_rule"] == "independent"
+
+
+def test_the_sweep_hash_of_a_sweep_file_from_before_the_weight_decay_rule_is_unchanged():
+    sweep = load_sweep(Path(__file__).resolve().parent.parent / "sweeps" / "demo.toml")
+    assert all(run.optimizer.weight_decay_rule == "coupled" for run in sweep.runs)
+    assert sweep.sweep_hash == "9a4e0f1ebba03a97"  # pinned before the rule existed
+
+
+def test_a_legacy_value_is_only_for_settings_in_the_run_id():
+    from powerlaw_cli.config import setting
+
+    with pytest.raises(TypeError, match="legacy"):
+        setting("a", "doc", identity=False, legacy="a")
 
 
 def test_wsd_s_expands_over_its_decay_points(tmp_path):
