@@ -97,17 +97,26 @@ class Tree:
     def run(self, *args: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
         """Wall seconds of ``python -m powerlaw_cli ARGS`` as a whole process, and its result."""
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "powerlaw_cli", *args], env=self.env, cwd=self.root,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "powerlaw_cli", *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - started
         if check and done.returncode != 0:
-            raise RuntimeError(f"{self.name}: plsweep {' '.join(args)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{self.name}: plsweep {' '.join(args)} exited {done.returncode}:\n{done.stderr[-2000:]}"
+            )
         return seconds, done
 
     def python(self, code: str) -> float:
         """Wall seconds of ``python -c CODE`` with this tree on PYTHONPATH."""
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=self.env, cwd=self.root, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", code], env=self.env, cwd=self.root, check=True, capture_output=True
+        )
         return time.perf_counter() - started
 
 
@@ -127,8 +136,12 @@ class Report:
         self.trees, self.rows = trees, []
 
     def add(self, figure: str, runs: int, samples: dict[str, list[float]], unit: str = "s") -> None:
-        row = {"figure": figure, "runs": runs, "unit": unit,
-               **{name: statistics.median(values) for name, values in samples.items()}}
+        row = {
+            "figure": figure,
+            "runs": runs,
+            "unit": unit,
+            **{name: statistics.median(values) for name, values in samples.items()},
+        }
         names = [tree.name for tree in self.trees]
         if len(names) == 2 and all(samples.get(n) for n in names):
             pairs = [a / b for a, b in zip(samples[names[0]], samples[names[1]], strict=False) if b > 0]
@@ -144,8 +157,18 @@ class Report:
 
 def start_cluster(folder: Path) -> dict[str, str]:
     """The project's one-node cluster at MaxArraySize 1001 (MaxJobCount 10000); its environment."""
-    subprocess.run([str(CLUSTER_SCRIPT), "start", str(folder), "--max-array-size", "1001",
-                    "--port-base", str(PORT_BASE)], check=True)
+    subprocess.run(
+        [
+            str(CLUSTER_SCRIPT),
+            "start",
+            str(folder),
+            "--max-array-size",
+            "1001",
+            "--port-base",
+            str(PORT_BASE),
+        ],
+        check=True,
+    )
     return {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
 
 
@@ -153,8 +176,12 @@ def wait_for_queue(env: dict[str, str], name: str, timeout: float) -> float:
     """Seconds until no job named plsweep-NAME is pending or running."""
     started = time.monotonic()
     while True:
-        out = subprocess.run(["squeue", "-h", "-r", "-n", f"plsweep-{name}", "-o", "%i"], env=env,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-n", f"plsweep-{name}", "-o", "%i"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
         if not out.strip():
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
@@ -177,9 +204,21 @@ def per_task_figures(sweep_dir: Path, env: dict[str, str]) -> dict[str, float]:
         by_job.setdefault(record.get("slurm_job_id") or "?", []).append(record)
     overheads, starts = [], []
     jobs = list(by_job)
-    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start", "-j",
-                            ",".join(sorted({j.split("_")[0] for j in jobs}))], env=env, capture_output=True,
-                           text=True).stdout
+    sacct = subprocess.run(
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "-o",
+            "JobID,Start",
+            "-j",
+            ",".join(sorted({j.split("_")[0] for j in jobs})),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
     start_of = {}
     for line in sacct.splitlines():
         job, _, start = line.partition("|")
@@ -191,10 +230,22 @@ def per_task_figures(sweep_dir: Path, env: dict[str, str]) -> dict[str, float]:
         overheads.append((last - first - sum(r["wall_seconds"] for r in rows)) / len(rows))
         if job in start_of:
             starts.append(first - start_of[job])
-    manifest_runs = len(json.loads(subprocess.run(
-        [sys.executable, "-c", "import pyarrow.parquet as pq, json, sys; "
-         "print(json.dumps(pq.read_table(sys.argv[1], columns=['run_id']).column('run_id').to_pylist()))",
-         str(sweep_dir / "manifest.parquet")], capture_output=True, text=True, check=True).stdout))
+    manifest_runs = len(
+        json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import pyarrow.parquet as pq, json, sys; "
+                    "print(json.dumps(pq.read_table(sys.argv[1], columns=['run_id']).column('run_id').to_pylist()))",
+                    str(sweep_dir / "manifest.parquet"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    )
     lines: dict[str, int] = {}
     for log in (sweep_dir / "jobs").rglob("*_log.out"):
         for line in log.read_text(errors="replace").splitlines():
@@ -209,7 +260,9 @@ def per_task_figures(sweep_dir: Path, env: dict[str, str]) -> dict[str, float]:
     }
 
 
-def bench_sweep(trees: list[Tree], report: Report, n: int, work: Path, env: dict[str, str], repeat: int) -> None:
+def bench_sweep(
+    trees: list[Tree], report: Report, n: int, work: Path, env: dict[str, str], repeat: int
+) -> None:
     """Launch an ``n``-run sweep on Slurm with each tree, one after the other, then time the commands on it."""
     spec = write_spec(work, n)
     dirs = {}
@@ -219,7 +272,10 @@ def bench_sweep(trees: list[Tree], report: Report, n: int, work: Path, env: dict
         seconds, _ = tree.run("launch", str(spec), "--executor", "slurm", "--out", str(out))
         launch_seconds[tree.name] = [seconds]
         print(f"  {tree.name}: {n} runs submitted in {seconds:.2f} s; waiting for the queue", flush=True)
-        print(f"  {tree.name}: queue empty after {wait_for_queue(env, f'scale-{n}', 4 * 3600):.0f} s", flush=True)
+        print(
+            f"  {tree.name}: queue empty after {wait_for_queue(env, f'scale-{n}', 4 * 3600):.0f} s",
+            flush=True,
+        )
         dirs[tree.name] = out
     report.add("launch (submission)", n, launch_seconds)
     report.add("status", n, interleaved(trees, repeat, lambda t: t.run("status", str(dirs[t.name]))[0]))
@@ -228,26 +284,45 @@ def bench_sweep(trees: list[Tree], report: Report, n: int, work: Path, env: dict
         copy = work / f"copy-{tree.name}"
         if copy.exists():
             shutil.rmtree(copy)
-        shutil.copytree(dirs[tree.name], copy, ignore=shutil.ignore_patterns("runs.parquet", "curves.parquet"))
+        shutil.copytree(
+            dirs[tree.name], copy, ignore=shutil.ignore_patterns("runs.parquet", "curves.parquet")
+        )
         return tree.run("collect", str(copy))[0]
 
     report.add("collect (first)", n, interleaved(trees, repeat, first_collect))
     for tree in trees:
         tree.run("collect", str(dirs[tree.name]))
-    report.add("collect (nothing new)", n, interleaved(trees, repeat, lambda t: t.run("collect", str(dirs[t.name]))[0]))
-    report.add("fit", n, interleaved(trees, repeat, lambda t: t.run("fit", str(dirs[t.name]), check=False)[0]))
-    startup_code = "import sys; from powerlaw_cli.worker import run_task; run_task(sys.argv[1], 0, int(sys.argv[2]))"
+    report.add(
+        "collect (nothing new)",
+        n,
+        interleaved(trees, repeat, lambda t: t.run("collect", str(dirs[t.name]))[0]),
+    )
+    report.add(
+        "fit", n, interleaved(trees, repeat, lambda t: t.run("fit", str(dirs[t.name]), check=False)[0])
+    )
+    startup_code = (
+        "import sys; from powerlaw_cli.worker import run_task; run_task(sys.argv[1], 0, int(sys.argv[2]))"
+    )
 
     def startup(tree: Tree) -> float:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", startup_code, str(dirs[tree.name]), "0"], env=tree.env,
-                       cwd=tree.root, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", startup_code, str(dirs[tree.name]), "0"],
+            env=tree.env,
+            cwd=tree.root,
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - started
 
     report.add("task startup (no training)", n, interleaved(trees, repeat, startup))
     figures = {tree.name: per_task_figures(dirs[tree.name], env) for tree in trees}
-    for key, unit in (("per_run_overhead_ms", "ms"), ("task_start_to_first_run_s", "s"),
-                      ("lost", "runs"), ("trained_twice", "runs")):
+    for key, unit in (
+        ("per_run_overhead_ms", "ms"),
+        ("task_start_to_first_run_s", "s"),
+        ("lost", "runs"),
+        ("trained_twice", "runs"),
+    ):
         report.add(key.replace("_", " "), n, {name: [f[key]] for name, f in figures.items()}, unit)
 
 
@@ -267,13 +342,21 @@ def main() -> None:
     env = start_cluster(args.work / "slurm")
     trees = [Tree("this", ROOT, env)] + ([Tree("baseline", args.baseline, env)] if args.baseline else [])
     report = Report(trees)
-    print(f"# {platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"trees: {', '.join(f'{t.name}={t.root}' for t in trees)}", flush=True)
+    print(
+        f"# {platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+        f"trees: {', '.join(f'{t.name}={t.root}' for t in trees)}",
+        flush=True,
+    )
 
     for n in [int(x) for x in args.plan_runs.split(",") if x]:
         spec = write_spec(args.work, n)
-        report.add("plan", n, interleaved(trees, args.repeat,
-                                          lambda t, s=spec: t.run("plan", str(s), "--max-array-size", "1001")[0]))
+        report.add(
+            "plan",
+            n,
+            interleaved(
+                trees, args.repeat, lambda t, s=spec: t.run("plan", str(s), "--max-array-size", "1001")[0]
+            ),
+        )
 
     for n in [int(x) for x in args.runs.split(",") if x]:
         bench_sweep(trees, report, n, args.work, env, args.repeat)

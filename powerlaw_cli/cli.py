@@ -81,7 +81,9 @@ def _show_help(ctx: typer.Context) -> None:
         typer.echo(ctx.get_help())
 
 
-SetOption = Annotated[list[str], typer.Option("--set", "-s", help="SECTION.FIELD=VALUE (TOML value), repeatable")]
+SetOption = Annotated[
+    list[str], typer.Option("--set", "-s", help="SECTION.FIELD=VALUE (TOML value), repeatable")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
 
 

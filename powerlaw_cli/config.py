@@ -45,8 +45,9 @@ NO_LEGACY: Any = object()
 """Marks a setting that has been part of the run id from the start (no ``legacy`` value)."""
 
 
-def setting(default: Any, doc: str, *, identity: bool = True, column: str | None = None,
-            legacy: Any = NO_LEGACY) -> Any:
+def setting(
+    default: Any, doc: str, *, identity: bool = True, column: str | None = None, legacy: Any = NO_LEGACY
+) -> Any:
     """A config field with its documentation and whether it changes the run's result.
 
     A run-id setting is a column of the runs table (``schema.py``), named ``column`` (default: the field's
@@ -97,18 +98,33 @@ class ModelConfig(Section):
     vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
     parametrization: Parametrization = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
     base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
-    base_head_dim: int = setting(0, "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
-                                    "set it to head_dim when heads grow with width at a fixed head size)")
+    base_head_dim: int = setting(
+        0,
+        "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
+        "set it to head_dim when heads grow with width at a fixed head size)",
+    )
     init_std: float = setting(0.02, "init std of embeddings, readout and (at base width) hidden matrices")
-    positions: Literal["rotary", "learned"] = setting("rotary", "rotary (RoPE, no parameters) or learned absolute positions")
+    positions: Literal["rotary", "learned"] = setting(
+        "rotary", "rotary (RoPE, no parameters) or learned absolute positions"
+    )
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "n_heads", "seq_len", "vocab_size", "base_width"):
             _require(getattr(self, name) > 0, "model", name, "must be > 0")
         _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
-        _require((self.width // self.n_heads) % 2 == 0, "model", "n_heads", "head_dim = width / n_heads must be even (rotary)")
+        _require(
+            (self.width // self.n_heads) % 2 == 0,
+            "model",
+            "n_heads",
+            "head_dim = width / n_heads must be even (rotary)",
+        )
         if self.base_head_dim == 0:
-            _require(self.base_width % self.n_heads == 0, "model", "base_width", f"must be divisible by n_heads={self.n_heads}")
+            _require(
+                self.base_width % self.n_heads == 0,
+                "model",
+                "base_width",
+                f"must be divisible by n_heads={self.n_heads}",
+            )
         _require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
         _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
         _require(self.init_std > 0, "model", "init_std", "must be > 0")
@@ -148,7 +164,11 @@ class ModelConfig(Section):
         at full sequence length (PaLM's convention, which ignores the causal mask's halving).
         Norms, GELU, softmax and rotary are not counted.
         """
-        return 6 * self.params_non_embedding + 6 * self.width * self.vocab_size + 12 * self.depth * self.width * self.seq_len
+        return (
+            6 * self.params_non_embedding
+            + 6 * self.width * self.vocab_size
+            + 12 * self.depth * self.width * self.seq_len
+        )
 
 
 @dataclass(frozen=True)
@@ -161,9 +181,14 @@ class DataConfig(Section):
         "stdlib (byte-level, the running Python's standard library sources)",
         column="data",
     )
-    path: str = setting("", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder",
-                        column="data")
-    dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files", column="data_dtype")
+    path: str = setting(
+        "",
+        "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder",
+        column="data",
+    )
+    dtype: Literal["uint16", "uint32"] = setting(
+        "uint16", "element type of raw .bin token files", column="data_dtype"
+    )
     synthetic_seed: int = setting(0, "synthetic: the seed of the language (its transition table)")
     zipf_exponent: float = setting(1.1, "synthetic: exponent s of the Zipf-like next-token weights k^-s")
     val_tokens: int = setting(65536, "size of the fixed held-out validation set, tokens")
@@ -179,12 +204,17 @@ class DataConfig(Section):
 class OptimizerConfig(Section):
     """AdamW."""
 
-    lr: float = setting(3e-3, "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power")
+    lr: float = setting(
+        3e-3,
+        "base peak LR (at base_width; muP divides hidden-matrix LRs by width/base_width); the cap lr_max for power",
+    )
     beta1: float = setting(0.9, "Adam beta1")
     beta2: float = setting(0.95, "Adam beta2")
     eps: float = setting(1e-8, "Adam epsilon")
     weight_decay: float = setting(
-        0.1, "AdamW weight decay of matrices: a step shrinks a matrix by its group's LR x its decay (see weight_decay_rule)")
+        0.1,
+        "AdamW weight decay of matrices: a step shrinks a matrix by its group's LR x its decay (see weight_decay_rule)",
+    )
     weight_decay_rule: WeightDecayRule = setting(
         "coupled",
         "per-step decay of mup's hidden matrices: coupled lr/m x weight_decay (AdamW on muP's LR; the Power paper's "
@@ -207,16 +237,24 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     """The LR schedule, a function of tokens seen (never steps)."""
 
-    name: ScheduleName = setting("wsd", "the LR schedule (formulas: powerlaw_cli/schedules.py)", column="schedule")
+    name: ScheduleName = setting(
+        "wsd", "the LR schedule (formulas: powerlaw_cli/schedules.py)", column="schedule"
+    )
     warmup_tokens: int = setting(0, "linear warmup from 0, tokens")
     decay_tokens: int = setting(0, "wsd/wsd_s/power: decay length, tokens (0: use decay_fraction)")
-    decay_fraction: float = setting(0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)")
+    decay_fraction: float = setting(
+        0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)"
+    )
     decay_shape: DecayShape = setting("linear", "shape of the wsd/wsd_s/power decay")
     final_lr_ratio: float = setting(0.0, "LR at the end of a decay (or of cosine) as a fraction of its start")
     cycle_tokens: int = setting(0, "cyclic_cosine: length of one cosine cycle, tokens")
-    alpha_tokens: int = setting(1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens")
+    alpha_tokens: int = setting(
+        1_000_000, "inverse_sqrt: lr * sqrt(alpha / (t - warmup + alpha)), alpha in tokens"
+    )
     decay_points: list[int] = setting([], "wsd_s: the token budgets at which the main branch decays in place")
-    power_a: float = setting(4.0, "power: a in lr = min(lr_max, a * batch * n^b), batch in sequences, n in tokens")
+    power_a: float = setting(
+        4.0, "power: a in lr = min(lr_max, a * batch * n^b), batch in sequences, n in tokens"
+    )
     power_b: float = setting(-0.51, "power: the exponent b")
 
     def __post_init__(self) -> None:
@@ -231,7 +269,9 @@ class ScheduleConfig(Section):
             points = self.decay_points
             _require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
             _require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
-            _require(list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing")
+            _require(
+                list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing"
+            )
         _require(self.power_a > 0, "schedule", "power_a", "must be > 0")
         _require(self.power_b < 0, "schedule", "power_b", "must be < 0")
 
@@ -244,14 +284,26 @@ class ScheduleConfig(Section):
 class TrainingConfig(Section):
     """The training loop."""
 
-    tokens: int = setting(2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps")
+    tokens: int = setting(
+        2_097_152, "planned training tokens; the run takes ceil(tokens / batch_tokens) steps"
+    )
     batch_size: int = setting(16, "sequences per optimizer step (batch_tokens = batch_size * seq_len)")
-    micro_batch_size: int = setting(0, "sequences per forward/backward (gradient accumulation; 0: the whole batch)", identity=False)
+    micro_batch_size: int = setting(
+        0, "sequences per forward/backward (gradient accumulation; 0: the whole batch)", identity=False
+    )
     seed: int = setting(0, "seed of the initialisation and of the order of training batches")
-    eval_every_tokens: int = setting(0, "evaluate on the validation set every this many tokens (0: only at the end)", identity=False)
-    divergence_factor: float = setting(3.0, "stop as diverged when the train loss exceeds this times the initial loss")
-    checkpoint_seconds: float = setting(600.0, "save resumable state at most this often, seconds (0: never)", identity=False)
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto: CUDA (bf16 autocast) when present, else CPU fp32", identity=False)
+    eval_every_tokens: int = setting(
+        0, "evaluate on the validation set every this many tokens (0: only at the end)", identity=False
+    )
+    divergence_factor: float = setting(
+        3.0, "stop as diverged when the train loss exceeds this times the initial loss"
+    )
+    checkpoint_seconds: float = setting(
+        600.0, "save resumable state at most this often, seconds (0: never)", identity=False
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "auto: CUDA (bf16 autocast) when present, else CPU fp32", identity=False
+    )
     compile: bool = setting(False, "torch.compile the model (helps on GPUs)", identity=False)
 
     def __post_init__(self) -> None:
@@ -259,8 +311,12 @@ class TrainingConfig(Section):
             _require(getattr(self, name) > 0, "training", name, "must be > 0")
         _require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
         if self.micro_batch_size:
-            _require(self.batch_size % self.micro_batch_size == 0, "training", "micro_batch_size",
-                     f"must divide batch_size={self.batch_size}")
+            _require(
+                self.batch_size % self.micro_batch_size == 0,
+                "training",
+                "micro_batch_size",
+                f"must divide batch_size={self.batch_size}",
+            )
         _require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
         _require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
         _require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
@@ -271,9 +327,13 @@ class AveragingConfig(Section):
     """Weight averaging; a run reports the loss of the raw and of the averaged weights."""
 
     kind: AveragingKind = setting(
-        "none", "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)",
-        column="averaging")
-    ema_tokens: int = setting(1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))")
+        "none",
+        "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)",
+        column="averaging",
+    )
+    ema_tokens: int = setting(
+        1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))"
+    )
     anytime_gamma: float = setting(25.0, "anytime: old-weight coefficient 0.5^(gamma / (t + 1)), t in steps")
     tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
 
@@ -306,10 +366,18 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.schedule.name == "wsd_s":
-            _require(self.training.tokens in self.schedule.decay_points, "training", "tokens",
-                     f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}")
-        _require(self.schedule.warmup_tokens < self.training.tokens, "schedule", "warmup_tokens",
-                 f"must be below training.tokens={self.training.tokens}")
+            _require(
+                self.training.tokens in self.schedule.decay_points,
+                "training",
+                "tokens",
+                f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}",
+            )
+        _require(
+            self.schedule.warmup_tokens < self.training.tokens,
+            "schedule",
+            "warmup_tokens",
+            f"must be below training.tokens={self.training.tokens}",
+        )
 
     @property
     def batch_tokens(self) -> int:
@@ -338,7 +406,11 @@ class RunConfig:
     def run_id(self) -> str:
         """A stable id: ``stable_hash(self.identity())``, a hash of exactly the settings that change the result,
         assembled from each section's cached canonical JSON (computed once per config)."""
-        text = "{" + ",".join(f'"{name}":{getattr(self, name).identity_json}' for name in sorted(SECTION_NAMES)) + "}"
+        text = (
+            "{"
+            + ",".join(f'"{name}":{getattr(self, name).identity_json}' for name in sorted(SECTION_NAMES))
+            + "}"
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
@@ -347,13 +419,16 @@ class RunConfig:
         for key, value in overrides.items():
             section, _, name = key.partition(".")
             if section not in data or not name:
-                raise ConfigError(f"{where}: {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTION_NAMES)}")
+                raise ConfigError(
+                    f"{where}: {key!r}: expected SECTION.FIELD with SECTION one of {', '.join(SECTION_NAMES)}"
+                )
             data[section][name] = value
         return RunConfig.from_dict(data, where)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config",
-                  shared: dict[tuple, Any] | None = None) -> RunConfig:
+    def from_dict(
+        cls, data: dict[str, Any], where: str = "config", shared: dict[tuple, Any] | None = None
+    ) -> RunConfig:
         """Build and validate from {section: {field: value}}; missing sections and fields take defaults.
 
         ``shared``: a dict kept across calls (one sweep's expansion) in which equal sections are built once
@@ -361,7 +436,9 @@ class RunConfig:
         """
         unknown = sorted(set(data) - set(SECTION_NAMES))
         if unknown:
-            raise ConfigError(f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}")
+            raise ConfigError(
+                f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}"
+            )
         sections = {}
         for name, section_type in SECTION_TYPES.items():
             raw = data.get(name, {})
@@ -370,7 +447,12 @@ class RunConfig:
             if shared is None:
                 sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
                 continue
-            key = (name, *sorted((k, type(v).__name__, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()))
+            key = (
+                name,
+                *sorted(
+                    (k, type(v).__name__, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()
+                ),
+            )
             if key not in shared:
                 shared[key] = section_from_dict(section_type, raw, f"{where}: {name}")
             sections[name] = shared[key]
@@ -460,7 +542,9 @@ def stable_hash(data: Any, length: int = 16) -> str:
 def in_identity(f: dataclasses.Field, value: Any) -> bool:
     """Whether field ``f`` holding ``value`` enters the run id: a result setting not at its ``legacy`` value."""
     legacy = f.metadata["legacy"]
-    return f.metadata["identity"] and not (legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy)
+    return f.metadata["identity"] and not (
+        legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy
+    )
 
 
 def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
@@ -470,7 +554,9 @@ def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
     for name, section_type in SECTION_TYPES.items():
         for f in fields(section_type):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((name, f.name, default, f.metadata["doc"], f.metadata["identity"], f.metadata["legacy"]))
+            rows.append(
+                (name, f.name, default, f.metadata["doc"], f.metadata["identity"], f.metadata["legacy"])
+            )
     return rows
 
 
@@ -494,10 +580,20 @@ class LaunchConfig:
     constraint: str = setting("", "Slurm --constraint (node features)", identity=False)
     array_parallelism: int = setting(256, "array tasks of one array running at once", identity=False)
     runs_per_task: int = setting(1, "runs packed into one array task, run one after another", identity=False)
-    sbatch_extra: list[str] = setting([], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False)
-    signal_seconds: int = setting(120, "seconds before the time limit at which workers checkpoint and requeue", identity=False)
-    share_trunks: bool = setting(True, "train WSD or Power runs that differ only in tokens as one trunk with decay branches", identity=False)
-    workers: int = setting(0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False)
+    sbatch_extra: list[str] = setting(
+        [], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False
+    )
+    signal_seconds: int = setting(
+        120, "seconds before the time limit at which workers checkpoint and requeue", identity=False
+    )
+    share_trunks: bool = setting(
+        True,
+        "train WSD or Power runs that differ only in tokens as one trunk with decay branches",
+        identity=False,
+    )
+    workers: int = setting(
+        0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("time_minutes", "array_parallelism", "runs_per_task"):
@@ -507,13 +603,29 @@ class LaunchConfig:
         _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
         # These values become #SBATCH lines of the job script: a restricted alphabet, never a control character.
         for name in ("partition", "account", "qos"):
-            _require(SLURM_NAME.fullmatch(getattr(self, name)) is not None, "launch", name,
-                     f"{getattr(self, name)!r} may hold only letters, digits and . _ , + -")
-        _require(SLURM_CONSTRAINT.fullmatch(self.constraint) is not None, "launch", "constraint",
-                 f"{self.constraint!r} may hold only letters, digits and . _ , + - & | ! * ( ) [ ] :")
+            _require(
+                SLURM_NAME.fullmatch(getattr(self, name)) is not None,
+                "launch",
+                name,
+                f"{getattr(self, name)!r} may hold only letters, digits and . _ , + -",
+            )
+        _require(
+            SLURM_CONSTRAINT.fullmatch(self.constraint) is not None,
+            "launch",
+            "constraint",
+            f"{self.constraint!r} may hold only letters, digits and . _ , + - & | ! * ( ) [ ] :",
+        )
         for line in self.sbatch_extra:
             match = SBATCH_OPTION.fullmatch(line)
-            _require(match is not None, "launch", "sbatch_extra",
-                     f"{line!r} must be an option --key or --key=value without control characters")
-            _require(match.group(1) not in SBATCH_OWN, "launch", "sbatch_extra",
-                     f"{line!r}: plsweep sets --{match.group(1)} itself")
+            _require(
+                match is not None,
+                "launch",
+                "sbatch_extra",
+                f"{line!r} must be an option --key or --key=value without control characters",
+            )
+            _require(
+                match.group(1) not in SBATCH_OWN,
+                "launch",
+                "sbatch_extra",
+                f"{line!r}: plsweep sets --{match.group(1)} itself",
+            )

@@ -93,7 +93,6 @@ class TokenSource(ABC):
         """Sequences in the validation set; it predicts ``val_sequences * seq_len`` tokens."""
         return self._val_inputs.shape[0]
 
-
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         """The fixed validation set in order, ``batch_size`` sequences at a time (the last may be smaller).
 
@@ -207,11 +206,9 @@ class SyntheticSource(TokenSource):
         """The language's true conditional entropy, nats/token: the loss floor of a perfect model."""
         return self.language.entropy
 
-
     def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
         seqs = self.language.sample(stream_generator("train", seed, step), batch_size, self.seq_len + 1)
         return seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous()
-
 
 
 # ---------------------------------------------------------------- file sources: random windows of an array

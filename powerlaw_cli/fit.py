@@ -260,11 +260,16 @@ def fit_sweep(
 
 def _law_specs(runs: pd.DataFrame, mode: str, laws: dict[str, str], default_laws: bool) -> dict[str, LawSpec]:
     specs = {name: parse_law(text, name) for name, text in laws.items()}
-    for name, spec in specs.items():  # a law the user asked for over a column the table lacks is a typo, not a fit
+    for (
+        name,
+        spec,
+    ) in specs.items():  # a law the user asked for over a column the table lacks is a typo, not a fit
         missing = [v for v in spec.variables if v not in runs]
         if missing:
-            raise FitError(f"--law {name}: {runs.attrs.get('source', 'the table')} has no column {missing[0]!r}; "
-                           f"columns: {', '.join(map(str, runs.columns))}")
+            raise FitError(
+                f"--law {name}: {runs.attrs.get('source', 'the table')} has no column {missing[0]!r}; "
+                f"columns: {', '.join(map(str, runs.columns))}"
+            )
     if mode == "sweep" and default_laws:
         asked = {(s.y, s.variables, tuple(sorted(s.fixed.items()))) for s in specs.values()}
         defaults = {n: parse_law(t, n) for n, t in DEFAULT_LAWS.items() if n not in specs}

@@ -21,8 +21,14 @@ from .fit_optimum import find_optimum, normal_z
 from .fit_spec import BATCH_COLUMNS, FitError, canonical
 from .schema import IDENTITY_COLUMNS, SETTING_COLUMNS
 
-_MODEL = tuple(dict.fromkeys(column for setting, column in SETTING_COLUMNS.items() if setting.startswith("model.")))
-CELL_CANDIDATES = (*_MODEL, "params_non_embedding", *(c for c in IDENTITY_COLUMNS if c not in (*_MODEL, "lr", "seed")))
+_MODEL = tuple(
+    dict.fromkeys(column for setting, column in SETTING_COLUMNS.items() if setting.startswith("model."))
+)
+CELL_CANDIDATES = (
+    *_MODEL,
+    "params_non_embedding",
+    *(c for c in IDENTITY_COLUMNS if c not in (*_MODEL, "lr", "seed")),
+)
 """The settings of a run that can define a cell: every run-id setting of the runs table but LR and seed (and the
 model size they imply); those present are used."""
 CARRIED = ("width", "params_non_embedding", "seq_len", "batch_tokens", "batch_size", "tokens")

@@ -70,8 +70,15 @@ def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share
         if metadata.get(TRUNKS_KEY) == str(share_trunks).encode():
             return
     trunk_of = {run.run_id: chain.trunk_id for chain in chains for run in chain.runs}
-    rows = [{"run_id": run.run_id, "trunk_id": trunk_of[run.run_id], **run.flat(),
-             "config": json.dumps(run.to_dict(), sort_keys=True)} for run in sweep.runs]
+    rows = [
+        {
+            "run_id": run.run_id,
+            "trunk_id": trunk_of[run.run_id],
+            **run.flat(),
+            "config": json.dumps(run.to_dict(), sort_keys=True),
+        }
+        for run in sweep.runs
+    ]
     table = pa.Table.from_pylist(rows).replace_schema_metadata({TRUNKS_KEY: str(share_trunks).encode()})
     sweep_dir.write_manifest(table)
 
@@ -94,7 +101,9 @@ def pack_tasks(chains: list[Chain], runs_per_task: int, needed: set[str] | None 
     return tasks
 
 
-def runs_per_task_to_fit(chains: list[Chain], needed: set[str] | None, room: int, runs_per_task: int) -> int | None:
+def runs_per_task_to_fit(
+    chains: list[Chain], needed: set[str] | None, room: int, runs_per_task: int
+) -> int | None:
     """The smallest runs_per_task (>= the given one) whose tasks number at most ``room``; None if none does."""
     if room <= 0:
         return None
@@ -108,15 +117,23 @@ def runs_per_task_to_fit(chains: list[Chain], needed: set[str] | None, room: int
     return most if len(pack_tasks(chains, most, needed)) <= room else None
 
 
-def check_fits(n_tasks: int, limits: ClusterLimits, chains: list[Chain], runs_per_task: int,
-               needed: set[str] | None = None) -> str:
-    """"" when ``n_tasks`` fit under the cluster's limits now, else why not and what runs_per_task would fit."""
+def check_fits(
+    n_tasks: int,
+    limits: ClusterLimits,
+    chains: list[Chain],
+    runs_per_task: int,
+    needed: set[str] | None = None,
+) -> str:
+    """ "" when ``n_tasks`` fit under the cluster's limits now, else why not and what runs_per_task would fit."""
     room = limits.room()
     if room is None or n_tasks <= room:
         return ""
     better = runs_per_task_to_fit(chains, needed, room, runs_per_task)
-    hint = (f"launch with -s runs_per_task={better} ({len(pack_tasks(chains, better, needed))} tasks)" if better
-            else "wait until the queue drains")
+    hint = (
+        f"launch with -s runs_per_task={better} ({len(pack_tasks(chains, better, needed))} tasks)"
+        if better
+        else "wait until the queue drains"
+    )
     return f"{n_tasks} array tasks do not fit: {limits.describe()} leave room for {room}; {hint}"
 
 
@@ -144,9 +161,15 @@ def holding_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: LaunchConfig | None = None,
-           retry_failed: bool = False, on_progress: Callable[[int, int], None] | None = None,
-           on_wait: Callable[[str], None] | None = None) -> LaunchResult:
+def launch(
+    sweep: Sweep,
+    out: Path,
+    executor: Executor = "local",
+    options: LaunchConfig | None = None,
+    retry_failed: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> LaunchResult:
     """Launch the runs of ``sweep`` that need work into the sweep directory ``out``.
 
     ``on_wait`` hears once when another launch of this directory holds the lock (this one then waits).
@@ -160,12 +183,20 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
         write_manifest(sweep_dir, sweep, chains, options.share_trunks)
         state = sweep_state(sweep_dir)
         if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
-            raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}")
+            raise SubmitError(
+                f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}"
+            )
         todo = {run_id for run_id, run in state.runs.items() if run.needs_launch(retry_failed)}
         counts = state.counts()
-        result = LaunchResult(out, None, executor, len(sweep.runs), len(todo),
-                              skipped_recorded=len(sweep.runs) - len(todo) - counts["pending"] - counts["running"],
-                              skipped_queued=counts["pending"] + counts["running"])
+        result = LaunchResult(
+            out,
+            None,
+            executor,
+            len(sweep.runs),
+            len(todo),
+            skipped_recorded=len(sweep.runs) - len(todo) - counts["pending"] - counts["running"],
+            skipped_queued=counts["pending"] + counts["running"],
+        )
         if not todo:
             if on_progress is not None:
                 on_progress(len(sweep.runs), len(sweep.runs))
@@ -173,8 +204,13 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
         tasks = pack_tasks(chains, options.runs_per_task, todo)
         number = sweep_dir.next_launch_number()
         task_options = {"share_trunks": options.share_trunks, "retry_failed": retry_failed}
-        entry = {"launch": number, "executor": executor, "submitted_at": datetime.now().astimezone().isoformat(),
-                 **task_options, "runs": len(todo)}
+        entry = {
+            "launch": number,
+            "executor": executor,
+            "submitted_at": datetime.now().astimezone().isoformat(),
+            **task_options,
+            "runs": len(todo),
+        }
         result.launch, result.tasks = number, len(tasks)
         if executor == "slurm":
             limits = cluster_limits(options.account)
@@ -182,21 +218,27 @@ def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: Launc
             if problem:
                 raise SubmitError(f"{sweep_dir.root}: {problem}")
             sweep_dir.write_tasks(number, tasks, task_options)
-            submission, error = submit_slurm(sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size)
+            submission, error = submit_slurm(
+                sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
+            )
             submitted = len(submission["task_jobs"])
             if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
                 sweep_dir.write_tasks(number, tasks[:submitted], task_options)
             if submitted:
                 sweep_dir.append_launch(entry | submission)
             if error:
-                raise SubmitError(f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
-                                  f"(those are recorded; launch again to submit the rest): {error}")
+                raise SubmitError(
+                    f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
+                    f"(those are recorded; launch again to submit the rest): {error}"
+                )
             result.array_ids = submission["array_ids"]
             return result
         sweep_dir.write_tasks(number, tasks, task_options)
         lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
         live.enter_context(holding_lock(lock))  # live before the launch lock is released
-        sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
+        sweep_dir.append_launch(
+            {**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)}
+        )
     with live:
         if executor == "local":
             run_local(sweep_dir, number, tasks, options.workers, on_progress)
@@ -216,6 +258,7 @@ def _counts_of(sweep_dir: SweepDir, run_ids: list[str]) -> dict[str, int]:
 
 
 # --- Slurm ------------------------------------------------------------------------------------
+
 
 def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, Any]:
     """submitit SlurmExecutor parameters for one array task of a sweep.
@@ -251,8 +294,9 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
     return params
 
 
-def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str,
-                 array_limit: int) -> tuple[dict[str, Any], str]:
+def submit_slurm(
+    sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str, array_limit: int
+) -> tuple[dict[str, Any], str]:
     """Submit ``n_tasks`` tasks as job arrays of at most ``array_limit`` (MaxArraySize) tasks.
 
     Returns the job ids per task of the arrays that went out, and the sbatch error that stopped the
@@ -280,7 +324,9 @@ def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options:
         before = set(os.listdir(sweep_dir.jobs_dir))
         try:  # submitit prints sbatch's complaint to stderr as well as raising it: keep only the exception
             with contextlib.redirect_stderr(io.StringIO()):
-                jobs = executor.map_array(SlurmTask(), [root] * len(indices), [launch_number] * len(indices), indices)
+                jobs = executor.map_array(
+                    SlurmTask(), [root] * len(indices), [launch_number] * len(indices), indices
+                )
         except (FailedJobError, OSError) as err:
             for leftover in set(os.listdir(sweep_dir.jobs_dir)) - before:  # its pickles and submission file
                 path = sweep_dir.jobs_dir / leftover
@@ -289,10 +335,16 @@ def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options:
             break
         task_jobs.extend(job.job_id for job in jobs)
         array_ids.append(jobs[0].job_id.split("_")[0])
-    return {"task_jobs": task_jobs, "array_ids": array_ids, "max_array_size": array_limit, "code": str(code)}, error
+    return {
+        "task_jobs": task_jobs,
+        "array_ids": array_ids,
+        "max_array_size": array_limit,
+        "code": str(code),
+    }, error
 
 
 # --- local and debug ----------------------------------------------------------------------------
+
 
 def cpu_cores() -> int:
     """The CPU cores this process may use."""
@@ -304,8 +356,13 @@ def default_workers() -> int:
     return len(_visible_gpus()) or cpu_cores()
 
 
-def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], workers: int,
-              on_progress: Callable[[int, int], None] | None = None) -> None:
+def run_local(
+    sweep_dir: SweepDir,
+    launch_number: int,
+    tasks: list[list[str]],
+    workers: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Run the tasks in at most ``workers`` processes (each pinned to one GPU when there are GPUs)."""
     from .local import init_worker, local_task
 
@@ -319,7 +376,9 @@ def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], w
     total = sum(len(task) for task in tasks)
     pool = context.Pool(workers, initializer=init_worker, initargs=(slots, max(1, cores // workers)))
     try:
-        pending = [pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))]
+        pending = [
+            pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))
+        ]
         while pending:
             pending = [job for job in pending if not job.ready()]
             if on_progress is not None:
@@ -356,6 +415,8 @@ def run_debug(sweep_dir: SweepDir, launch_number: int, n_tasks: int) -> None:
     from .worker import run_task
 
     executor = submitit.DebugExecutor(folder=sweep_dir.jobs_dir / "debug")
-    jobs = executor.map_array(run_task, [str(sweep_dir.root)] * n_tasks, [launch_number] * n_tasks, list(range(n_tasks)))
+    jobs = executor.map_array(
+        run_task, [str(sweep_dir.root)] * n_tasks, [launch_number] * n_tasks, list(range(n_tasks))
+    )
     for job in jobs:
         job.result()

@@ -42,12 +42,22 @@ class Plan:
 
 def run_row(run: RunConfig) -> dict[str, Any]:
     """The settings that usually vary in a sweep, for the first-runs table."""
-    return {"run_id": run.run_id, "width": run.model.width, "depth": run.model.depth,
-            "batch_size": run.training.batch_size, "tokens": run.training.tokens, "lr": run.optimizer.lr,
-            "schedule": run.schedule.name, "seed": run.training.seed, "steps": run.steps}
+    return {
+        "run_id": run.run_id,
+        "width": run.model.width,
+        "depth": run.model.depth,
+        "batch_size": run.training.batch_size,
+        "tokens": run.training.tokens,
+        "lr": run.optimizer.lr,
+        "schedule": run.schedule.name,
+        "seed": run.training.seed,
+        "steps": run.steps,
+    }
 
 
-def make_plan(sweep: Sweep, launch: LaunchConfig, limits: ClusterLimits, throughput: float, head: int = 10) -> Plan:
+def make_plan(
+    sweep: Sweep, launch: LaunchConfig, limits: ClusterLimits, throughput: float, head: int = 10
+) -> Plan:
     """Plan ``sweep`` as ``launch`` would submit it now under ``limits``; GPU-hours at ``throughput`` FLOP/s per GPU."""
     chains = plan_chains(sweep.runs, launch.share_trunks)
     tasks = pack_tasks(chains, launch.runs_per_task)
@@ -58,12 +68,22 @@ def make_plan(sweep: Sweep, launch: LaunchConfig, limits: ClusterLimits, through
         tokens_trained += tokens
         flops += chain.runs[0].model.flops_per_token * tokens
     return Plan(
-        sweep=sweep.name, runs=len(sweep.runs), duplicates_dropped=sweep.duplicates, chains=len(chains),
-        shared_chains=sum(1 for c in chains if c.kind != "single"), tasks=len(tasks),
-        arrays=-(-len(tasks) // limits.max_array_size), runs_per_task=launch.runs_per_task,
-        max_array_size=limits.max_array_size, cluster=limits.describe(),
+        sweep=sweep.name,
+        runs=len(sweep.runs),
+        duplicates_dropped=sweep.duplicates,
+        chains=len(chains),
+        shared_chains=sum(1 for c in chains if c.kind != "single"),
+        tasks=len(tasks),
+        arrays=-(-len(tasks) // limits.max_array_size),
+        runs_per_task=launch.runs_per_task,
+        max_array_size=limits.max_array_size,
+        cluster=limits.describe(),
         fits=check_fits(len(tasks), limits, chains, launch.runs_per_task) or "yes",
-        tokens_planned=sum(run.training.tokens for run in sweep.runs), tokens_trained=tokens_trained,
-        flops=flops, gpu_hours=flops / throughput / 3600, throughput_flops=throughput,
-        axes=sweep.axes, first_runs=[run_row(run) for run in sweep.runs[:head]],
+        tokens_planned=sum(run.training.tokens for run in sweep.runs),
+        tokens_trained=tokens_trained,
+        flops=flops,
+        gpu_hours=flops / throughput / 3600,
+        throughput_flops=throughput,
+        axes=sweep.axes,
+        first_runs=[run_row(run) for run in sweep.runs[:head]],
     )

@@ -46,7 +46,9 @@ def settings_markdown() -> str:
     lines = ["| setting | default | values | meaning | in run id |", "|---|---|---|---|---|"]
     for section, name, default, doc, identity, legacy in settings_table():
         values = values_of(field_types(SECTION_TYPES[section])[name])
-        in_id = "no" if not identity else "yes" if legacy is NO_LEGACY else f"yes, except at `{_toml(legacy)}`"
+        in_id = (
+            "no" if not identity else "yes" if legacy is NO_LEGACY else f"yes, except at `{_toml(legacy)}`"
+        )
         lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {values} | {_cell(doc)} | {in_id} |")
     return "\n".join(lines)
 

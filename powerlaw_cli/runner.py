@@ -42,22 +42,41 @@ def _env_info(device: torch.device) -> dict[str, Any]:
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID")
     name = f"cuda:{device.index}" if device.type == "cuda" else device.type
-    return {"device": name, "host": socket.gethostname(), "slurm_job_id": job,
-            "plsweep_version": __version__, "torch_version": torch.__version__}
+    return {
+        "device": name,
+        "host": socket.gethostname(),
+        "slurm_job_id": job,
+        "plsweep_version": __version__,
+        "torch_version": torch.__version__,
+    }
 
 
-def make_record(run: RunConfig, traj: Trajectory | None, status: str, *, trunk_id: str | None,
-                error: str | None = None, val: tuple[float, float | None] | None = None,
-                diverged_at: int | None = None, started_at: str | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_record(
+    run: RunConfig,
+    traj: Trajectory | None,
+    status: str,
+    *,
+    trunk_id: str | None,
+    error: str | None = None,
+    val: tuple[float, float | None] | None = None,
+    diverged_at: int | None = None,
+    started_at: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A run's record: the columns of the runs table (``schema.RUN_COLUMNS``), settings included."""
     steps = traj.step if traj is not None else 0
     tokens_seen = steps * run.batch_tokens
     record: dict[str, Any] = {
-        "run_id": run.run_id, "sweep": None, "sweep_hash": None, "status": status, "error": error,
+        "run_id": run.run_id,
+        "sweep": None,
+        "sweep_hash": None,
+        "status": status,
+        "error": error,
         **setting_values(run),
-        "params_non_embedding": run.model.params_non_embedding, "batch_tokens": run.batch_tokens,
-        "tokens_seen": tokens_seen, "steps": steps,
+        "params_non_embedding": run.model.params_non_embedding,
+        "batch_tokens": run.batch_tokens,
+        "tokens_seen": tokens_seen,
+        "steps": steps,
         "final_val_loss": val[0] if val else None,
         "final_val_loss_averaged": val[1] if val else None,
         "final_train_loss": traj.curve[-1]["train_loss"] if traj is not None and traj.curve else None,
@@ -65,7 +84,8 @@ def make_record(run: RunConfig, traj: Trajectory | None, status: str, *, trunk_i
         "flops": float(run.model.flops_per_token * tokens_seen),
         "wall_seconds": traj.wall_seconds if traj is not None else 0.0,
         "resumes": traj.resumes if traj is not None else 0,
-        "trunk_id": trunk_id, "started_at": started_at,
+        "trunk_id": trunk_id,
+        "started_at": started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "config": run.to_dict(),
     }
@@ -110,8 +130,18 @@ class ChainRunner:
                 traceback.print_exc()
             for run in pending:
                 if not self.is_recorded(run.run_id):
-                    self.on_result(make_record(run, None, "failed", trunk_id=self.chain.trunk_id, error=message,
-                                               started_at=started, extra=self.extra), [])
+                    self.on_result(
+                        make_record(
+                            run,
+                            None,
+                            "failed",
+                            trunk_id=self.chain.trunk_id,
+                            error=message,
+                            started_at=started,
+                            extra=self.extra,
+                        ),
+                        [],
+                    )
         self._remove_checkpoint()
 
     # --- a lone run, or the points of a WSD-S main branch -------------------------------
@@ -143,8 +173,10 @@ class ChainRunner:
         trunk = Trajectory(ordered[0], source, _schedule(ordered[0]), device)
         state = self._load()
         branch_state = None
-        if state is not None and all(fork_step(r) >= state["trunk"]["step"] or
-                                     (state["branch"] or {}).get("run_id") == r.run_id for r in ordered):
+        if state is not None and all(
+            fork_step(r) >= state["trunk"]["step"] or (state["branch"] or {}).get("run_id") == r.run_id
+            for r in ordered
+        ):
             trunk.load_state_dict(state["trunk"])
             trunk.resumes += 1
             branch_state = state["branch"]
@@ -166,7 +198,8 @@ class ChainRunner:
                 branch.resumes += 1
             branch_state = None
             self.control.save = lambda b=branch, r=run: self._save(
-                {"trunk": trunk.state_dict(), "branch": {"run_id": r.run_id, "state": b.state_dict()}})
+                {"trunk": trunk.state_dict(), "branch": {"run_id": r.run_id, "state": b.state_dict()}}
+            )
             try:
                 branch.advance(run.steps, self.control, _eval_interval(run))
             except Diverged as div:
@@ -179,12 +212,26 @@ class ChainRunner:
     def _record_ok(self, run: RunConfig, traj: Trajectory, started: str) -> None:
         val = traj.evaluate()
         curve = [dict(row) for row in traj.curve[: run.steps]]
-        self.on_result(make_record(run, traj, "ok", trunk_id=self.chain.trunk_id, val=val,
-                                   started_at=started, extra=self.extra), curve)
+        self.on_result(
+            make_record(
+                run, traj, "ok", trunk_id=self.chain.trunk_id, val=val, started_at=started, extra=self.extra
+            ),
+            curve,
+        )
 
     def _record_diverged(self, run: RunConfig, traj: Trajectory, div: Diverged, started: str) -> None:
-        self.on_result(make_record(run, traj, "diverged", trunk_id=self.chain.trunk_id, diverged_at=div.tokens,
-                                   started_at=started, extra=self.extra), [dict(row) for row in traj.curve])
+        self.on_result(
+            make_record(
+                run,
+                traj,
+                "diverged",
+                trunk_id=self.chain.trunk_id,
+                diverged_at=div.tokens,
+                started_at=started,
+                extra=self.extra,
+            ),
+            [dict(row) for row in traj.curve],
+        )
 
     # --- checkpoint file ----------------------------------------------------------------
 

@@ -113,17 +113,28 @@ def sweep_state(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = j
     result = SweepState({}, indexed.problems, answer.warning, answer.known)
     for run_id in run_ids:
         problem = problems.get(run_id)
-        result.runs[run_id] = _state(records.get(run_id), takers.get(run_id, []), answer.states,
-                                     f"record not trusted: {problem.reason}" if problem else "")
+        result.runs[run_id] = _state(
+            records.get(run_id),
+            takers.get(run_id, []),
+            answer.states,
+            f"record not trusted: {problem.reason}" if problem else "",
+        )
     return result
 
 
-def _state(record: dict[str, Any] | None, takers: list[tuple[dict[str, Any], int]], states: dict[str, str],
-           problem: str) -> RunState:
+def _state(
+    record: dict[str, Any] | None,
+    takers: list[tuple[dict[str, Any], int]],
+    states: dict[str, str],
+    problem: str,
+) -> RunState:
     if record is not None and record["status"] != "failed":
         return RunState("finished" if record["status"] == "ok" else record["status"])
-    live = [(entry, index) for entry, index in takers
-            if (record is None or retries(record, entry)) and task_is_live(entry, index, states)]
+    live = [
+        (entry, index)
+        for entry, index in takers
+        if (record is None or retries(record, entry)) and task_is_live(entry, index, states)
+    ]
     if live:
         running = [t for t in live if _is_running(*t, states)]
         entry, index = (running or live)[-1]
@@ -134,13 +145,21 @@ def _state(record: dict[str, Any] | None, takers: list[tuple[dict[str, Any], int
         return RunState("lost", problem or "never launched")
     entry, index = takers[-1]
     if entry["executor"] != "slurm":
-        return RunState("lost", problem or f"its {entry['executor']} launch {entry['launch']} ended first", entry, index)
+        return RunState(
+            "lost", problem or f"its {entry['executor']} launch {entry['launch']} ended first", entry, index
+        )
     job = entry["task_jobs"][index]
     state = states.get(job, "")
     if state in CRASHED_STATES:
         return RunState("failed", f"Slurm job {job} ended {state} before the run was recorded", entry, index)
-    return RunState("lost", problem or f"Slurm job {job} ended {state or 'unseen (never started, or forgotten)'} "
-                                       "before the run was recorded", entry, index)
+    return RunState(
+        "lost",
+        problem
+        or f"Slurm job {job} ended {state or 'unseen (never started, or forgotten)'} "
+        "before the run was recorded",
+        entry,
+        index,
+    )
 
 
 def _is_running(entry: dict[str, Any], index: int, states: dict[str, str]) -> bool:

@@ -75,7 +75,10 @@ def _check_common(peak_lr: float, warmup_tokens: float, final_ratio: float = 0.0
 
 
 def _check_shape(shape: str) -> None:
-    _require(shape in get_args(DecayShape), f"unknown decay shape {shape!r}; valid: {', '.join(get_args(DecayShape))}")
+    _require(
+        shape in get_args(DecayShape),
+        f"unknown decay shape {shape!r}; valid: {', '.join(get_args(DecayShape))}",
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ class CosineSchedule:
 
     def __post_init__(self) -> None:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
-        _require(self.warmup_tokens < self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) must be below total_tokens ({self.total_tokens})")
+        _require(
+            self.warmup_tokens < self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) must be below total_tokens ({self.total_tokens})",
+        )
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
@@ -175,9 +180,11 @@ class WSDSchedule:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
         _check_shape(self.decay_shape)
         _require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
-        _require(self.warmup_tokens + self.decay_tokens <= self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
-                 f"exceed total_tokens ({self.total_tokens})")
+        _require(
+            self.warmup_tokens + self.decay_tokens <= self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
+            f"exceed total_tokens ({self.total_tokens})",
+        )
 
     @property
     def decay_start(self) -> float:
@@ -187,7 +194,9 @@ class WSDSchedule:
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
             return self.peak_lr * tokens / self.warmup_tokens
-        return self.peak_lr * _decay(tokens, self.decay_start, self.decay_tokens, self.decay_shape, self.final_ratio)
+        return self.peak_lr * _decay(
+            tokens, self.decay_start, self.decay_tokens, self.decay_shape, self.final_ratio
+        )
 
 
 @dataclass(frozen=True)
@@ -212,26 +221,35 @@ class WSDSSchedule:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
         _check_shape(self.decay_shape)
         _require(len(self.decay_points) > 0, "WSD-S needs at least one decay point")
-        _require(len(self.decay_points) == len(self.decay_lengths),
-                 f"{len(self.decay_points)} decay_points but {len(self.decay_lengths)} decay_lengths")
+        _require(
+            len(self.decay_points) == len(self.decay_lengths),
+            f"{len(self.decay_points)} decay_points but {len(self.decay_lengths)} decay_lengths",
+        )
         previous, previous_name = self.warmup_tokens, f"the warmup end ({self.warmup_tokens})"
         for point, length in zip(self.decay_points, self.decay_lengths, strict=True):
             _require(length > 0, f"decay length of budget {point} must be > 0, got {length}")
-            _require(point - length >= previous,
-                     f"the decay window [{point - length}, {point}) of budget {point} starts before {previous_name}")
+            _require(
+                point - length >= previous,
+                f"the decay window [{point - length}, {point}) of budget {point} starts before {previous_name}",
+            )
             previous, previous_name = point, f"the previous budget ({point})"
 
     @property
     def decay_windows(self) -> list[tuple[float, float]]:
         """[(start, end)] of every in-place decay, tokens; end is the budget."""
-        return [(point - length, point) for point, length in zip(self.decay_points, self.decay_lengths, strict=True)]
+        return [
+            (point - length, point)
+            for point, length in zip(self.decay_points, self.decay_lengths, strict=True)
+        ]
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
             return self.peak_lr * tokens / self.warmup_tokens
         for start, end in self.decay_windows:
             if start <= tokens < end:
-                return self.peak_lr * decay_factor(self.decay_shape, (tokens - start) / (end - start), self.final_ratio)
+                return self.peak_lr * decay_factor(
+                    self.decay_shape, (tokens - start) / (end - start), self.final_ratio
+                )
         return self.peak_lr
 
 
@@ -261,9 +279,11 @@ class PowerSchedule:
         _require(self.b < 0, f"b must be < 0, got {self.b}")
         _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
         _require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
-        _require(self.warmup_tokens + self.decay_tokens <= self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
-                 f"exceed total_tokens ({self.total_tokens})")
+        _require(
+            self.warmup_tokens + self.decay_tokens <= self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
+            f"exceed total_tokens ({self.total_tokens})",
+        )
 
     @property
     def peak_lr(self) -> float:

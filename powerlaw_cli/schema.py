@@ -58,7 +58,9 @@ def _setting_columns() -> tuple[dict[str, str], list[tuple[str, pa.DataType, str
                 continue
             column = f.metadata["column"] or f.name
             mapping[f"{section}.{f.name}"] = column
-            columns.setdefault(column, (column, _arrow_type(hints[f.name]), _DERIVED_DOCS.get(column, f.metadata["doc"])))
+            columns.setdefault(
+                column, (column, _arrow_type(hints[f.name]), _DERIVED_DOCS.get(column, f.metadata["doc"]))
+            )
     return mapping, list(columns.values())
 
 
@@ -77,7 +79,11 @@ RUN_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("tokens_seen", pa.int64(), "tokens actually trained on (less if diverged)"),
     ("steps", pa.int64(), "optimizer steps taken"),
     ("final_val_loss", pa.float64(), "validation loss of the final raw weights, nats/token (null unless ok)"),
-    ("final_val_loss_averaged", pa.float64(), "validation loss of the averaged weights (null without averaging)"),
+    (
+        "final_val_loss_averaged",
+        pa.float64(),
+        "validation loss of the averaged weights (null without averaging)",
+    ),
     ("final_train_loss", pa.float64(), "train loss of the last step"),
     ("diverged_at_tokens", pa.int64(), "diverged: tokens seen when it was stopped"),
     ("flops", pa.float64(), "training FLOPs spent: flops_per_token * tokens_seen"),
@@ -101,7 +107,11 @@ CURVE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("lr", pa.float64(), "base LR used for this step"),
     ("train_loss", pa.float64(), "train loss of this step"),
     ("val_loss", pa.float64(), "validation loss (null except at evaluation points)"),
-    ("val_loss_averaged", pa.float64(), "validation loss of the averaged weights (null except at evaluations with averaging)"),
+    (
+        "val_loss_averaged",
+        pa.float64(),
+        "validation loss of the averaged weights (null except at evaluations with averaging)",
+    ),
 ]
 
 RUNS_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in RUN_COLUMNS])
@@ -111,10 +121,30 @@ IDENTITY_COLUMNS = tuple(dict.fromkeys(SETTING_COLUMNS.values()))
 """The columns of run-id settings, in settings order (a fit's cells are groups equal in all but LR and seed)."""
 
 REQUIRED = ("run_id", "sweep_hash", "status", "width", "depth", "batch_size", "tokens", "lr", "seed")
-POSITIVE = ("width", "depth", "n_heads", "base_width", "seq_len", "vocab_size", "batch_size", "batch_tokens",
-            "tokens", "lr")
-NON_NEGATIVE = ("tokens_seen", "steps", "warmup_tokens", "decay_tokens", "params_non_embedding", "flops",
-                "wall_seconds", "resumes", "diverged_at_tokens", "weight_decay")
+POSITIVE = (
+    "width",
+    "depth",
+    "n_heads",
+    "base_width",
+    "seq_len",
+    "vocab_size",
+    "batch_size",
+    "batch_tokens",
+    "tokens",
+    "lr",
+)
+NON_NEGATIVE = (
+    "tokens_seen",
+    "steps",
+    "warmup_tokens",
+    "decay_tokens",
+    "params_non_embedding",
+    "flops",
+    "wall_seconds",
+    "resumes",
+    "diverged_at_tokens",
+    "weight_decay",
+)
 
 
 def setting_values(run: RunConfig) -> dict[str, Any]:
@@ -122,7 +152,11 @@ def setting_values(run: RunConfig) -> dict[str, Any]:
     flat = run.flat()
     values = {column: flat[setting] for setting, column in SETTING_COLUMNS.items()}
     values["data"] = run.data.source + (f":{run.data.path}" if run.data.path else "")
-    values["decay_tokens"] = run.schedule.decay_length(run.training.tokens) if run.schedule.name in ("wsd", "wsd_s", "power") else 0
+    values["decay_tokens"] = (
+        run.schedule.decay_length(run.training.tokens)
+        if run.schedule.name in ("wsd", "wsd_s", "power")
+        else 0
+    )
     values["decay_points"] = ",".join(str(p) for p in run.schedule.decay_points)
     return values
 

@@ -106,7 +106,9 @@ def cluster_limits(account: str = "") -> ClusterLimits:
         if limits.max_submit_jobs is not None:
             limits.user_jobs = _count_jobs(["squeue", "-h", "-r", "-u", user, "-o", "%i"])
         elif shutil.which("sacctmgr") is None:
-            limits.notes.append("association limits are enforced but sacctmgr is missing: MaxSubmitJobs unknown")
+            limits.notes.append(
+                "association limits are enforced but sacctmgr is missing: MaxSubmitJobs unknown"
+            )
     return limits
 
 
@@ -189,7 +191,11 @@ def job_states(array_ids: list[str]) -> JobStates:
         result.states.update(_parse(sacct.stdout))
     else:
         result.accounting = False
-        why = "not found or no answer" if sacct is None else " ".join((sacct.stderr or f"exit {sacct.returncode}").split())[:120]
+        why = (
+            "not found or no answer"
+            if sacct is None
+            else " ".join((sacct.stderr or f"exit {sacct.returncode}").split())[:120]
+        )
         result.warning = f"sacct unavailable ({why}); states from squeue and records only"
     squeue = _run(["squeue", "-h", "-r", "-t", "all", "-j", ids, "-o", "%i|%T"])
     # One id that left the controller's memory is an error to squeue ("Invalid job id"), not to us.
@@ -197,7 +203,11 @@ def job_states(array_ids: list[str]) -> JobStates:
         result.states.update(_parse(squeue.stdout))  # the live queue is authoritative for queued/running
     else:
         result.queue = False
-        why = "not found or no answer" if squeue is None else " ".join((squeue.stderr or f"exit {squeue.returncode}").split())[:120]
+        why = (
+            "not found or no answer"
+            if squeue is None
+            else " ".join((squeue.stderr or f"exit {squeue.returncode}").split())[:120]
+        )
         problem = f"squeue failed ({why})"
         result.warning = f"{result.warning}; {problem}" if result.warning else problem
     return result

@@ -94,10 +94,15 @@ def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
         raise ConfigError(f"{path}: sweep.{extra[0]}: unknown setting; valid: name, description")
     name = header.get("name", path.stem)
     if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
-        raise ConfigError(f"{path}: sweep.name: {name!r} must be 1 to 100 letters, digits and . _ + -, "
-                          "starting with a letter or digit")
+        raise ConfigError(
+            f"{path}: sweep.name: {name!r} must be 1 to 100 letters, digits and . _ + -, "
+            "starting with a letter or digit"
+        )
     base = {section: dict(data.get(section, {})) for section in SECTION_NAMES}
-    for section, section_type in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
+    for (
+        section,
+        section_type,
+    ) in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
         coerce_section(section_type, base[section], f"{path}: {section}")
     launch = section_from_dict(LaunchConfig, data.get("launch", {}), f"{path}: launch")
     axes = parse_grid(data.get("grid", {}), path)
@@ -110,7 +115,10 @@ def _resolve_data_path(data: dict[str, dict[str, Any]], spec_path: Path) -> dict
     """A relative data.path is relative to the spec file's folder; workers get it absolute."""
     path = data["data"].get("path")
     if isinstance(path, str) and path:
-        data = {**data, "data": {**data["data"], "path": str((spec_path.parent / Path(path).expanduser()).resolve())}}
+        data = {
+            **data,
+            "data": {**data["data"], "path": str((spec_path.parent / Path(path).expanduser()).resolve())},
+        }
     return data
 
 
@@ -122,8 +130,10 @@ def parse_grid(grid: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
             groups.extend(_parse_zip(entries, path))
             continue
         if section not in SECTION_NAMES or not isinstance(entries, dict):
-            raise ConfigError(f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
-                              f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]")
+            raise ConfigError(
+                f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
+                f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]"
+            )
         for name, axis in entries.items():
             key = f"{section}.{name}"
             groups.append({key: axis_values(axis, f"{path}: grid.{key}")})
@@ -138,8 +148,10 @@ def _parse_zip(entries: Any, path: Path) -> list[dict[str, list[Any]]]:
         group: dict[str, list[Any]] = {}
         for section, fields in entry.items():
             if section not in SECTION_NAMES or not isinstance(fields, dict):
-                raise ConfigError(f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
-                                  f"{', '.join(SECTION_NAMES)}")
+                raise ConfigError(
+                    f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
+                    f"{', '.join(SECTION_NAMES)}"
+                )
             for name, axis in fields.items():
                 group[f"{section}.{name}"] = axis_values(axis, f"{path}: grid.zip[{i}].{section}.{name}")
         lengths = {key: len(values) for key, values in group.items()}
@@ -166,13 +178,16 @@ def axis_values(axis: Any, where: str) -> list[Any]:
             if "log" in axis:
                 if lo <= 0 or hi <= 0:
                     raise ConfigError(f"{where}: log range bounds must be > 0")
-                return [_round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / max(num - 1, 1))) for i in range(num)]
+                return [
+                    _round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / max(num - 1, 1)))
+                    for i in range(num)
+                ]
             return [_round(lo + (hi - lo) * i / max(num - 1, 1)) for i in range(num)]
         if keys == {"pow2"}:
             lo, hi = _pair(axis["pow2"], where)
             if lo <= 0 or hi < lo or not (math.log2(lo).is_integer() and math.log2(hi).is_integer()):
                 raise ConfigError(f"{where}: pow2 = [lo, hi] needs powers of two with lo <= hi")
-            return [2 ** k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
+            return [2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
         if keys == {"start", "ratio", "num"}:
             start, ratio, num = float(axis["start"]), float(axis["ratio"]), _count(axis["num"], where)
             if start <= 0 or ratio <= 0:
@@ -202,7 +217,9 @@ def _round(value: float) -> float:
     return float(f"{value:.12g}")
 
 
-def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], path: Path) -> tuple[list[RunConfig], int]:
+def expand(
+    base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], path: Path
+) -> tuple[list[RunConfig], int]:
     """The product of all axis groups applied to the base settings; unique runs in grid order.
 
     Equal sections are built once and shared between runs, and each distinct (schedule, budget, batch)
@@ -211,7 +228,10 @@ def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], pa
     runs: dict[str, RunConfig] = {}
     duplicates = 0
     tokens_on_grid = any("training.tokens" in group for group in axes)
-    choices = [[dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)] for group in axes]
+    choices = [
+        [dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)]
+        for group in axes
+    ]
     shared: dict[tuple, Any] = {}
     checked: set[tuple[int, int, int]] = set()
     for combination in itertools.product(*choices):
@@ -224,8 +244,14 @@ def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], pa
     return list(runs.values()), duplicates
 
 
-def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, path: Path, shared: dict[tuple, Any],
-                checked: set[tuple[int, int, int]]) -> list[RunConfig]:
+def _configs_at(
+    base: dict,
+    overrides: dict[str, Any],
+    tokens_on_grid: bool,
+    path: Path,
+    shared: dict[tuple, Any],
+    checked: set[tuple[int, int, int]],
+) -> list[RunConfig]:
     data = {section: dict(values) for section, values in base.items()}
     for key, value in overrides.items():
         section, name = key.split(".", 1)
@@ -237,11 +263,15 @@ def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, pat
         points = schedule.get("decay_points", [])
         if not isinstance(points, list) or not points:
             raise ConfigError(f"{path}: schedule.decay_points: wsd_s needs a list of token budgets")
-        runs = [RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where, shared)
-                for p in points]
+        runs = [
+            RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where, shared)
+            for p in points
+        ]
     else:
         runs = [RunConfig.from_dict(data, where, shared)]
-    for run in runs:  # an impossible schedule fails here, before anything is submitted (the LR cannot make it so)
+    for (
+        run
+    ) in runs:  # an impossible schedule fails here, before anything is submitted (the LR cannot make it so)
         key = (id(run.schedule), run.training.tokens, run.training.batch_size)
         if key in checked:
             continue

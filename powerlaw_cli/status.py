@@ -76,8 +76,15 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
             job = run.entry["task_jobs"][run.task] if run.entry and run.entry["executor"] == "slurm" else None
             failures.append(Failure(run_id, run.reason, job, str(log) if log else None, _tail(log)))
     lost = Counter(_reason_kind(run.reason) for run in state.runs.values() if run.state == "lost")
-    return SweepStatus(sweep_dir.info()["name"], len(state.runs), state.counts(), failures, dict(lost),
-                       [str(p) for p in state.problems], state.warning)
+    return SweepStatus(
+        sweep_dir.info()["name"],
+        len(state.runs),
+        state.counts(),
+        failures,
+        dict(lost),
+        [str(p) for p in state.problems],
+        state.warning,
+    )
 
 
 def _reason_kind(reason: str) -> str:

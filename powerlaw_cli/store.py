@@ -102,7 +102,9 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_run_files(record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+def write_run_files(
+    record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]
+) -> None:
     """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
 
     The record comes last: its existence means the run is finished (``plsweep train`` uses this too).
@@ -181,7 +183,9 @@ class SweepDir:
             try:
                 self._info = json.loads(self.info_path.read_text())
             except FileNotFoundError:
-                raise SweepDirError(f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first") from None
+                raise SweepDirError(
+                    f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first"
+                ) from None
             except (OSError, ValueError) as err:
                 raise SweepDirError(f"{self.info_path}: unreadable ({err})") from None
         return self._info
@@ -243,7 +247,10 @@ class SweepDir:
                     for entry in entries:
                         if entry.name.endswith(".json") and not entry.name.startswith("."):
                             st = entry.stat()
-                            out[entry.name[:-5]] = (Path(entry.path), f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}")
+                            out[entry.name[:-5]] = (
+                                Path(entry.path),
+                                f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
+                            )
         return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
@@ -258,7 +265,9 @@ class SweepDir:
             return RecordProblem(path, f"run_id {record.get('run_id')!r} does not match the file name")
         expected = sweep_hash if sweep_hash is not None else self.info()["sweep_hash"]
         if record.get("sweep_hash") != expected:
-            return RecordProblem(path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}")
+            return RecordProblem(
+                path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}"
+            )
         problem = record_problem(record)
         return RecordProblem(path, f"does not fit the runs schema: {problem}") if problem else record
 
@@ -285,8 +294,13 @@ class SweepDir:
     def manifest_configs(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The settings {section: {field: value}} of these runs only (a worker's task), from the manifest."""
         table = self._read_manifest(["run_id", "config"], list(run_ids))
-        return dict(zip(table.column("run_id").to_pylist(), map(json.loads, table.column("config").to_pylist()),
-                        strict=True))
+        return dict(
+            zip(
+                table.column("run_id").to_pylist(),
+                map(json.loads, table.column("config").to_pylist()),
+                strict=True,
+            )
+        )
 
     def write_tasks(self, launch: int, tasks: list[list[str]], options: dict[str, Any]) -> None:
         """Launch N's run ids per task and the options its workers follow, written before anything runs."""
@@ -326,6 +340,7 @@ class SweepDir:
 
 # --- the record index: what status and launch need of every record -----------------------------
 
+
 @dataclass
 class RecordIndex:
     """Per trusted record: its status, error and finish time; and the record files that cannot be trusted."""
@@ -351,7 +366,11 @@ def record_index(sweep: SweepDir) -> RecordIndex:
         old = json.loads(sweep.index_path.read_bytes())
     except (OSError, ValueError):
         old = {}
-    index = {run_id: entry for run_id, entry in old.items() if run_id in files and entry.get("key") == files[run_id][1]}
+    index = {
+        run_id: entry
+        for run_id, entry in old.items()
+        if run_id in files and entry.get("key") == files[run_id][1]
+    }
     problems = []
     for run_id, (path, key) in files.items():
         if run_id in index:
@@ -367,6 +386,7 @@ def record_index(sweep: SweepDir) -> RecordIndex:
 
 
 # --- the runs table --------------------------------------------------------------------------------
+
 
 def _table_keys(path: Path, expected: pa.Schema) -> dict[str, str] | None:
     """The record keys a table was built from (None: no such table, an unreadable one, or one written by a
@@ -425,6 +445,7 @@ def _update_runs_table(sweep: SweepDir) -> tuple[dict[str, str], list[str], list
 
 # --- collect ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class CollectReport:
     """What ``collect`` did."""
@@ -446,7 +467,9 @@ def collect(sweep: SweepDir) -> CollectReport:
     """
     keys, fresh, problems = _update_runs_table(sweep)
     unreadable = _update_curves(sweep, keys)
-    return CollectReport(len(keys), len(fresh), problems, sweep.runs_table_path, sweep.curves_table_path, unreadable)
+    return CollectReport(
+        len(keys), len(fresh), problems, sweep.runs_table_path, sweep.curves_table_path, unreadable
+    )
 
 
 def _update_curves(sweep: SweepDir, keys: dict[str, str]) -> list[str]:

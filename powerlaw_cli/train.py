@@ -69,7 +69,9 @@ def resolve_device(setting: str) -> torch.device:
 class Trajectory:
     """The state of one model being trained under ``cfg`` with LR ``schedule`` (tokens -> LR)."""
 
-    def __init__(self, cfg: RunConfig, source: TokenSource, schedule: Callable[[float], float], device: torch.device):
+    def __init__(
+        self, cfg: RunConfig, source: TokenSource, schedule: Callable[[float], float], device: torch.device
+    ):
         self.cfg, self.source, self.schedule, self.device = cfg, source, schedule, device
         self.model = GPT(cfg.model, seed=cfg.training.seed).to(device)
         self.forward = torch.compile(self.model) if cfg.training.compile else self.model
@@ -112,14 +114,24 @@ class Trajectory:
             loss.backward()
             total += loss.detach()
         if self.cfg.optimizer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.grad_clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.cfg.optimizer.grad_clip, foreach=True
+            )
         self.optimizer.step()
         self.step += 1
         if self.averager is not None:
             self.averager.update(self.model, self.step - 1)
         loss_value = float(total)
-        self.curve.append({"step": self.step, "tokens": self.tokens_seen, "lr": lr, "train_loss": loss_value,
-                           "val_loss": None, "val_loss_averaged": None})
+        self.curve.append(
+            {
+                "step": self.step,
+                "tokens": self.tokens_seen,
+                "lr": lr,
+                "train_loss": loss_value,
+                "val_loss": None,
+                "val_loss_averaged": None,
+            }
+        )
         return loss_value
 
     def check_divergence(self, loss: float) -> None:

@@ -57,13 +57,17 @@ def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | N
     def on_result(record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         sweep.write_result(record, curve)
         counts[record["status"]] = counts.get(record["status"], 0) + 1
-        print(f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",
-              flush=True)
+        print(
+            f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",
+            flush=True,
+        )
 
     def done(run_id: str) -> bool:
         return is_result(sweep, run_id, redo_failed=options["retry_failed"])
 
-    print(f"task {launch}/{task}: {len(runs)} runs, started in {time.monotonic() - started:.2f} s", flush=True)
+    print(
+        f"task {launch}/{task}: {len(runs)} runs, started in {time.monotonic() - started:.2f} s", flush=True
+    )
     for chain in plan_chains(runs, share_trunks=options["share_trunks"]):
         control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
         ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result, done, control, extra).run()
@@ -100,6 +104,8 @@ class SlurmTask(submitit.helpers.Checkpointable):
             return run_task(sweep_dir, launch, task, control)
         except StopRequested:
             if reason.get("signal") == signal.SIGUSR2 and callable(requeue_handler):
-                requeue_handler(signal.SIGUSR2, None)  # submitit: checkpoint() and scontrol requeue, then exit
+                requeue_handler(
+                    signal.SIGUSR2, None
+                )  # submitit: checkpoint() and scontrol requeue, then exit
             print(f"stopped by signal {reason.get('signal')} after saving a checkpoint", flush=True)
             sys.exit(128 + reason.get("signal", signal.SIGTERM))

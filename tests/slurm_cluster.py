@@ -119,7 +119,9 @@ class SlurmCluster:
             )
         return proc.stderr
 
-    def start(self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None) -> SlurmCluster:
+    def start(
+        self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None
+    ) -> SlurmCluster:
         """Start the cluster, or, if it runs, make sure ``max_array_size`` and ``max_job_count`` are in force."""
         if (max_array_size, max_job_count) != (self.max_array_size, self.max_job_count):
             extra = ["--max-job-count", str(max_job_count)] if max_job_count else []
@@ -131,7 +133,9 @@ class SlurmCluster:
         self._script("stop", timeout=120)
         self.max_array_size = self.max_job_count = None
 
-    def __call__(self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None) -> SlurmCluster:
+    def __call__(
+        self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None
+    ) -> SlurmCluster:
         """Make these the cluster's MaxArraySize and MaxJobCount (a ~3 s slurmctld restart if they
         change) and return the cluster. Used as a context manager, the previous values come back
         on exit: ``with slurm_cluster(max_array_size=1001) as cluster: ...``."""

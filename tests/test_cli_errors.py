@@ -14,13 +14,17 @@ from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
 
-GOOD_SPEC = """[sweep]
+GOOD_SPEC = (
+    """[sweep]
 name = "errors"
-""" + TINY_MODEL + """[schedule]
+"""
+    + TINY_MODEL
+    + """[schedule]
 name = "constant"
 [grid]
 optimizer.lr = [1e-3, 1e-2]
 """
+)
 
 
 def invoke(*args: object) -> tuple[int, str, str]:
@@ -44,8 +48,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
         for tokens in (1e8, 4e8, 1.6e9):
             lr_opt = 4.6 * batch * tokens**-0.51
             for lr in lr_opt * 2.0 ** np.arange(-3, 4):
-                rows.append({"lr": lr, "batch_size": batch, "tokens": tokens, "final_val_loss":
-                             3 + 0.01 * math.log2(lr / lr_opt) ** 2 + rng.normal(0, 1e-4)})
+                rows.append(
+                    {
+                        "lr": lr,
+                        "batch_size": batch,
+                        "tokens": tokens,
+                        "final_val_loss": 3 + 0.01 * math.log2(lr / lr_opt) ** 2 + rng.normal(0, 1e-4),
+                    }
+                )
     table = root / "runs.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     code, _, err = invoke("fit", table, "--bootstrap", "50", "--no-plots", "--out", root / "fit")
@@ -57,9 +67,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "typo_section": write("typo.toml", GOOD_SPEC.replace("[schedule]", "[modle]")),
         "empty_grid": write("empty.toml", GOOD_SPEC.replace("[1e-3, 1e-2]", "[]")),
         "newline_name": write("newline.toml", GOOD_SPEC.replace('"errors"', '"a\\nb"')),
-        "table": table, "fit": root / "fit" / "fit.json", "empty_table": write("empty.csv", ""),
+        "table": table,
+        "fit": root / "fit" / "fit.json",
+        "empty_table": write("empty.csv", ""),
         "no_lr_table": write("no_lr.csv", "batch_size,tokens,final_val_loss\n1,2,3\n"),
-        "unreadable": unreadable, "not_a_sweep": root,
+        "unreadable": unreadable,
+        "not_a_sweep": root,
     }
 
 
@@ -124,7 +137,9 @@ CASES = [
 
 @pytest.mark.parametrize(("args", "names"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_naming_it_with_exit_status_2(files, args, names):
-    placeholders = {k: str(v) for k, v in files.items()} | {"missing": str(files["spec"].parent / "missing.toml")}
+    placeholders = {k: str(v) for k, v in files.items()} | {
+        "missing": str(files["spec"].parent / "missing.toml")
+    }
     code, out, err = invoke(*(a.format(**placeholders) for a in args))
     lines = err.strip().splitlines()
     assert code == 2, (code, out, err)

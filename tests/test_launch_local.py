@@ -15,10 +15,13 @@ from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.status import sweep_status
 from powerlaw_cli.store import SweepDir, SweepDirError
 
-SPEC = """
+SPEC = (
+    """
 [sweep]
 name = "{name}"
-""" + TINY_MODEL + """[data]
+"""
+    + TINY_MODEL
+    + """[data]
 source = "tokens"
 val_tokens = 1024
 [schedule]
@@ -30,10 +33,16 @@ tokens = {tokens}
 optimizer.lr = {lrs}
 data.path = {paths}
 """
+)
 
 
-def make_spec(tmp_path: Path, name: str = "local", tokens: int = 4096, lrs: str = "[1e-3, 3e-3, 1e-2]",
-              bad_path: bool = False) -> Path:
+def make_spec(
+    tmp_path: Path,
+    name: str = "local",
+    tokens: int = 4096,
+    lrs: str = "[1e-3, 3e-3, 1e-2]",
+    bad_path: bool = False,
+) -> Path:
     tokens_file = tmp_path / "train.bin"
     if not tokens_file.exists():
         np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(tokens_file)
@@ -47,7 +56,10 @@ def max_overlap(records: list[dict]) -> int:
     """The largest number of runs whose [started_at, finished_at] intervals overlap."""
     events = []
     for r in records:
-        events += [(datetime.fromisoformat(r["started_at"]), 1), (datetime.fromisoformat(r["finished_at"]), -1)]
+        events += [
+            (datetime.fromisoformat(r["started_at"]), 1),
+            (datetime.fromisoformat(r["finished_at"]), -1),
+        ]
     running = peak = 0
     for _, change in sorted(events, key=lambda e: (e[0], e[1])):
         running += change
@@ -92,7 +104,9 @@ def test_a_failed_run_is_recorded_the_others_finish_and_retry_failed_reruns_it(t
     assert any("missing.bin" in line for line in failure.log_tail)
     assert launch(sweep, out, "local", LaunchConfig(workers=2)).runs_launched == 0  # failed runs have records
     retried = launch(sweep, out, "local", LaunchConfig(workers=2), retry_failed=True)
-    assert retried.runs_launched == 3 and retried.counts == {"failed": 3}  # still missing: fails again, recorded
+    assert retried.runs_launched == 3 and retried.counts == {
+        "failed": 3
+    }  # still missing: fails again, recorded
 
 
 def test_diverged_runs_are_results_not_failures(tmp_path):
@@ -133,7 +147,9 @@ def test_relaunch_keeps_a_half_recorded_trunk_whole(tiny_spec, tiny_sweep_dir):
     assert retrained["final_val_loss"] == longest["final_val_loss"]
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="with GPUs the default is one worker per GPU")
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="with GPUs the default is one worker per GPU"
+)
 def test_default_workers_is_one_per_usable_cpu_core_without_gpus():
     import os
 

@@ -222,7 +222,9 @@ def test_params_non_embedding_and_flops_per_token(positions: str) -> None:
     expected = L * per_block + C  # + final norm gain
     assert model.params_non_embedding == cfg.params_non_embedding == expected
     trained = {name: p.numel() for name, p in model.named_parameters()}
-    assert sum(n for name, n in trained.items() if not name.startswith(("wte.", "wpe.", "lm_head."))) == expected
+    assert (
+        sum(n for name, n in trained.items() if not name.startswith(("wte.", "wpe.", "lm_head."))) == expected
+    )
     total = sum(trained.values())
     embedding = 50 * C + (32 * C if positions == "learned" else 0)
     assert total == expected + embedding + 50 * C  # + readout

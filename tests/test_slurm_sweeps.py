@@ -41,8 +41,11 @@ from powerlaw_cli.store import SweepDir, collect
 
 pytestmark = pytest.mark.slurm
 
-BASE = """
-""" + TINY_MODEL + """[data]
+BASE = (
+    """
+"""
+    + TINY_MODEL
+    + """[data]
 val_tokens = 512
 {data}
 [schedule]
@@ -58,6 +61,7 @@ runs_per_task = 8
 [grid]
 {grid}
 """
+)
 
 # 11 LRs x 4 seeds x 2 batch sizes = 88 runs, 8 per task: 11 tasks, one more than MaxArraySize=10,
 # so two arrays (10 tasks and 1; submitit sends a lone task as a plain job).
@@ -109,8 +113,9 @@ def wait_until_done(sweep_dir: SweepDir, cluster, timeout: float = SWEEP_TIMEOUT
             return history
         if time.monotonic() > deadline:
             squeue = cluster.run(["squeue", "-a", "-r"], check=False).stdout
-            raise AssertionError(f"{sweep_dir.root} not done after {timeout}s: {status.counts}\n{squeue}\n"
-                                 f"{cluster.log_tail()}")
+            raise AssertionError(
+                f"{sweep_dir.root} not done after {timeout}s: {status.counts}\n{squeue}\n{cluster.log_tail()}"
+            )
         time.sleep(0.5)
 
 
@@ -120,6 +125,7 @@ def task_log(sweep_dir: SweepDir, job_id: str) -> str:
 
 
 # --- many runs: arrays, packing, records, collect, status, code snapshot ----------------------------
+
 
 @dataclasses.dataclass
 class Launched:
@@ -185,7 +191,14 @@ def test_status_counts_follow_the_queue(many):
     assert max(c["pending"] for c in many.history) >= total - 2 * 8  # two tasks at a time on two CPUs
     assert any(c["running"] > 0 for c in many.history)
     assert any(c["running"] > 0 and c["pending"] > 0 for c in many.history)
-    assert many.history[-1] == {"finished": total, "diverged": 0, "failed": 0, "running": 0, "pending": 0, "lost": 0}
+    assert many.history[-1] == {
+        "finished": total,
+        "diverged": 0,
+        "failed": 0,
+        "running": 0,
+        "pending": 0,
+        "lost": 0,
+    }
     finished = [c["finished"] for c in many.history]
     assert finished == sorted(finished)  # records are never lost on the way
 
@@ -204,9 +217,14 @@ def test_tasks_run_the_code_snapshot(many):
 
 # --- requeue: checkpoint, resume, same loss ----------------------------------------------------------
 
-def test_requeued_task_resumes_from_its_checkpoint_with_the_loss_of_an_uninterrupted_run(slurm_cluster, tmp_path):
+
+def test_requeued_task_resumes_from_its_checkpoint_with_the_loss_of_an_uninterrupted_run(
+    slurm_cluster, tmp_path
+):
     # 512 steps (~4 s on one CPU) with a checkpoint every 0.5 s: requeued while it trains.
-    spec = write_spec(tmp_path, "requeue", training="batch_size = 8\ntokens = 65536\ncheckpoint_seconds = 0.5")
+    spec = write_spec(
+        tmp_path, "requeue", training="batch_size = 8\ntokens = 65536\ncheckpoint_seconds = 0.5"
+    )
     sweep = load_sweep(spec)
     (run,) = sweep.runs
     sweep_dir = SweepDir(tmp_path / "out")
@@ -243,13 +261,20 @@ def test_requeued_task_resumes_from_its_checkpoint_with_the_loss_of_an_uninterru
 
 # --- failure, relaunch, retry -----------------------------------------------------------------------
 
+
 def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retry_reruns_it(
-        slurm_cluster, tmp_path, monkeypatch):
+    slurm_cluster, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a relative sweep directory, as `plsweep launch` makes by default
     good, missing = tmp_path / "train.bin", tmp_path / "missing.bin"
     np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(good)
-    spec = write_spec(tmp_path, "failing", "optimizer.lr = [1e-3, 3e-3]\n" f'data.path = ["{good}", "{missing}"]',
-                      data='source = "tokens"', training="batch_size = 8\ntokens = 2048")
+    spec = write_spec(
+        tmp_path,
+        "failing",
+        f'optimizer.lr = [1e-3, 3e-3]\ndata.path = ["{good}", "{missing}"]',
+        data='source = "tokens"',
+        training="batch_size = 8\ntokens = 2048",
+    )
     sweep = load_sweep(spec)
     out = Path("failing-out")
     sweep_dir = SweepDir(out)
@@ -257,8 +282,14 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
     assert held.runs_launched == 4 and held.tasks == 1
     status = sweep_status(sweep_dir)
-    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 4, "lost": 0}, \
-        (status.counts, slurm_cluster.run(["squeue", "-a", "-r"], check=False).stdout)
+    assert status.counts == {
+        "finished": 0,
+        "diverged": 0,
+        "failed": 0,
+        "running": 0,
+        "pending": 4,
+        "lost": 0,
+    }, (status.counts, slurm_cluster.run(["squeue", "-a", "-r"], check=False).stdout)
     assert not status.done
     queued = launch(sweep, out, "slurm")
     assert queued.launch is None and queued.runs_launched == 0 and queued.skipped_queued == 4
@@ -267,14 +298,20 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     slurm_cluster.run(["scontrol", "release", array_id])
     wait_until_done(sweep_dir, slurm_cluster)
     status = sweep_status(sweep_dir)
-    assert status.counts["finished"] == 2 and status.counts["failed"] == 2 and status.counts["lost"] == 0, \
-        (status.counts, status.failures)
+    assert status.counts["finished"] == 2 and status.counts["failed"] == 2 and status.counts["lost"] == 0, (
+        status.counts,
+        status.failures,
+    )
     (job,) = sweep_dir.launches()[0]["task_jobs"]
-    assert {f.run_id for f in status.failures} == {r.run_id for r in sweep.runs if r.data.path == str(missing)}
+    assert {f.run_id for f in status.failures} == {
+        r.run_id for r in sweep.runs if r.data.path == str(missing)
+    }
     for failure in status.failures:
         assert "missing.bin" in failure.error and failure.job == job
         assert failure.log and Path(failure.log).exists()
-        assert any(failure.run_id in line and "missing.bin" in line for line in failure.log_tail), failure.log_tail
+        assert any(failure.run_id in line and "missing.bin" in line for line in failure.log_tail), (
+            failure.log_tail
+        )
 
     cli = CliRunner().invoke(app, ["status", str(out), "--json"], env={"COLUMNS": "200"})
     assert cli.exit_code == 0, cli.output
@@ -286,16 +323,19 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     assert nothing.launch is None and nothing.runs_launched == 0 and nothing.skipped_recorded == 4
 
     shutil.copy(good, missing)
-    cli = CliRunner().invoke(app, ["launch", str(spec), "--executor", "slurm", "--out", str(out),
-                                   "--retry-failed", "--json"])
+    cli = CliRunner().invoke(
+        app, ["launch", str(spec), "--executor", "slurm", "--out", str(out), "--retry-failed", "--json"]
+    )
     assert cli.exit_code == 0, cli.output
     retried = json.loads(cli.stdout)
     assert retried["launch"] == 1 and retried["runs_launched"] == 2 and retried["skipped_recorded"] == 2
     history = wait_until_done(sweep_dir, slurm_cluster)
     assert history[0]["failed"] == 0 and history[0]["pending"] + history[0]["running"] == 2, history  # queued
     status = sweep_status(sweep_dir)
-    assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures, \
-        (status.counts, status.failures)
+    assert status.counts["finished"] == 4 and status.counts["failed"] == 0 and not status.failures, (
+        status.counts,
+        status.failures,
+    )
 
 
 def slurm_commands_only(folder: Path, commands: tuple[str, ...]) -> dict[str, str]:
@@ -312,8 +352,13 @@ def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(
     """A cluster without accounting: `plsweep status` still counts from the records, and says so once; a
     finished sweep needs no scheduler at all."""
     nothing = slurm_commands_only(tmp_path / "none", ("scontrol", "sinfo"))
-    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(many.dir.root), "--json"],
-                          capture_output=True, text=True, env=nothing, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "powerlaw_cli", "status", str(many.dir.root), "--json"],
+        capture_output=True,
+        text=True,
+        env=nothing,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr  # every run recorded: Slurm is not asked
     assert json.loads(done.stdout)["counts"]["finished"] == MANY_RUNS
 
@@ -321,8 +366,13 @@ def test_status_without_sacct_falls_back_to_squeue_and_records_with_one_warning(
     shutil.copytree(many.dir.root, copy.root)
     record_paths(copy)[0].unlink()  # one run to ask about
     env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
-    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "status", str(copy.root), "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "powerlaw_cli", "status", str(copy.root), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("sacct unavailable") == 1
     status = json.loads(done.stdout)
@@ -335,8 +385,23 @@ def test_launch_refuses_when_slurm_cannot_say_what_is_queued(many, tmp_path):
     shutil.copytree(many.dir.root, copy.root)
     record_paths(copy)[0].unlink()  # one run to launch: is it still queued? nobody can tell
     env = slurm_commands_only(tmp_path / "bin", ("scontrol", "sinfo"))
-    done = subprocess.run([sys.executable, "-m", "powerlaw_cli", "launch", str(many.sweep.path), "--executor", "slurm",
-                           "--out", str(copy.root)], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "powerlaw_cli",
+            "launch",
+            str(many.sweep.path),
+            "--executor",
+            "slurm",
+            "--out",
+            str(copy.root),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "cannot ask Slurm which tasks are still queued" in done.stderr and done.stderr.count("\n") == 1
     assert len(copy.launches()) == 1
@@ -357,8 +422,13 @@ def test_status_watch_polls_at_most_every_30_s_and_warns_once(slurm_cluster, tmp
     out = tmp_path / "out"
     held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
     env = slurm_commands_only(tmp_path / "bin", ("squeue", "scontrol", "sinfo"))
-    watch = subprocess.Popen([sys.executable, "-m", "powerlaw_cli", "status", str(out), "--watch", "--interval", "1",
-                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "powerlaw_cli", "status", str(out), "--watch", "--interval", "1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     polls: list[float] = []  # when each JSON document began
     try:
         for line in watch.stdout:
@@ -378,10 +448,17 @@ def test_status_watch_polls_at_most_every_30_s_and_warns_once(slurm_cluster, tmp
 
 # --- one launch at a time, cancelled tasks, cluster limits, hostile paths ------------------------------
 
+
 def plsweep(*args: object, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """``plsweep ARGS`` as a real process (stdout and stderr captured)."""
-    return subprocess.Popen([sys.executable, "-m", "powerlaw_cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "powerlaw_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def run_lines(sweep_dir: SweepDir) -> list[str]:
@@ -391,8 +468,12 @@ def run_lines(sweep_dir: SweepDir) -> list[str]:
 
 
 def test_two_launches_of_one_sweep_at_the_same_moment_train_each_run_once(slurm_cluster, tmp_path):
-    spec = write_spec(tmp_path, "twice", "optimizer.lr = { log = [1e-3, 1e-2], num = 6 }\ntraining.seed = [0, 1]",
-                      training="batch_size = 8\ntokens = 1024")
+    spec = write_spec(
+        tmp_path,
+        "twice",
+        "optimizer.lr = { log = [1e-3, 1e-2], num = 6 }\ntraining.seed = [0, 1]",
+        training="batch_size = 8\ntokens = 1024",
+    )
     out = tmp_path / "out"
     both = [plsweep("launch", spec, "--executor", "slurm", "--out", out, "--json") for _ in range(2)]
     results = [proc.communicate(timeout=300) for proc in both]
@@ -407,8 +488,9 @@ def test_two_launches_of_one_sweep_at_the_same_moment_train_each_run_once(slurm_
 
 
 def test_a_task_cancelled_before_it_starts_is_lost_and_a_relaunch_reruns_it(slurm_cluster, tmp_path):
-    spec = write_spec(tmp_path, "cancelled", "optimizer.lr = [1e-3, 3e-3, 1e-2]",
-                      training="batch_size = 8\ntokens = 1024")
+    spec = write_spec(
+        tmp_path, "cancelled", "optimizer.lr = [1e-3, 3e-3, 1e-2]", training="batch_size = 8\ntokens = 1024"
+    )
     sweep = load_sweep(spec)
     out = tmp_path / "out"
     held = launch(sweep, out, "slurm", dataclasses.replace(sweep.launch, sbatch_extra=["--hold"]))
@@ -431,21 +513,40 @@ def jobs_held(cluster) -> int:
 
 
 def test_a_launch_the_cluster_cannot_hold_is_refused_before_anything_is_submitted(slurm_cluster, tmp_path):
-    spec = write_spec(tmp_path, "toobig", "optimizer.lr = { log = [1e-4, 1e-1], num = 20 }",
-                      training="batch_size = 8\ntokens = 1024")
+    spec = write_spec(
+        tmp_path,
+        "toobig",
+        "optimizer.lr = { log = [1e-4, 1e-1], num = 20 }",
+        training="batch_size = 8\ntokens = 1024",
+    )
     out = tmp_path / "out"
     with slurm_cluster(max_array_size=10, max_job_count=jobs_held(slurm_cluster) + 12):
         plan = plsweep("plan", spec, "-s", "runs_per_task=1", "--json")
         planned = json.loads(plan.communicate(timeout=120)[0])
-        assert planned["tasks"] == 20 and "do not fit" in planned["fits"] and "runs_per_task=2" in planned["fits"]
+        assert (
+            planned["tasks"] == 20
+            and "do not fit" in planned["fits"]
+            and "runs_per_task=2" in planned["fits"]
+        )
         refused = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=1")
         stdout, stderr = refused.communicate(timeout=120)
         assert refused.returncode == 2 and stderr.count("\n") == 1, stderr
         assert "20 array tasks do not fit: MaxArraySize 10, MaxJobCount" in stderr
         assert "launch with -s runs_per_task=2 (10 tasks)" in stderr
         assert SweepDir(out).launches() == [] and not (out / "jobs").exists()
-        fits = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=2", "--json",
-                       "-s", 'sbatch_extra=["--hold"]')
+        fits = plsweep(
+            "launch",
+            spec,
+            "--executor",
+            "slurm",
+            "--out",
+            out,
+            "-s",
+            "runs_per_task=2",
+            "--json",
+            "-s",
+            'sbatch_extra=["--hold"]',
+        )
         assert json.loads(fits.communicate(timeout=120)[0])["tasks"] == 10
         slurm_cluster.run(["scancel", SweepDir(out).launches()[0]["array_ids"][0]])
 
@@ -454,19 +555,36 @@ def test_a_refused_sbatch_removes_its_files_and_the_arrays_before_it_are_recorde
     """sbatch refuses the second array (the association's MaxSubmitJobs, which this launch cannot read:
     no sacctmgr on its PATH): the first array is recorded, the refused one leaves no file behind, and
     the next launch submits only the rest."""
-    spec = write_spec(tmp_path, "partial", "optimizer.lr = { log = [1e-4, 1e-1], num = 15 }",
-                      training="batch_size = 8\ntokens = 1024")
+    spec = write_spec(
+        tmp_path,
+        "partial",
+        "optimizer.lr = { log = [1e-4, 1e-1], num = 15 }",
+        training="batch_size = 8\ntokens = 1024",
+    )
     out = tmp_path / "out"
     env = slurm_commands_only(tmp_path / "bin", ("sbatch", "srun", "squeue", "sacct", "scontrol", "sinfo"))
     slurm_cluster.run(["sacctmgr", "-i", "modify", "user", "where", "name=root", "set", "MaxSubmitJobs=12"])
     try:
-        first = plsweep("launch", spec, "--executor", "slurm", "--out", out, "-s", "runs_per_task=1",
-                        "-s", 'sbatch_extra=["--hold"]', env=env)
+        first = plsweep(
+            "launch",
+            spec,
+            "--executor",
+            "slurm",
+            "--out",
+            out,
+            "-s",
+            "runs_per_task=1",
+            "-s",
+            'sbatch_extra=["--hold"]',
+            env=env,
+        )
         _, stderr = first.communicate(timeout=120)
         assert first.returncode == 2 and stderr.count("\n") == 1, stderr
         assert "sbatch failed after 10 of 15 tasks were submitted" in stderr
     finally:
-        slurm_cluster.run(["sacctmgr", "-i", "modify", "user", "where", "name=root", "set", "MaxSubmitJobs=-1"])
+        slurm_cluster.run(
+            ["sacctmgr", "-i", "modify", "user", "where", "name=root", "set", "MaxSubmitJobs=-1"]
+        )
     sweep_dir = SweepDir(out)
     (entry,) = sweep_dir.launches()
     assert len(entry["task_jobs"]) == 10 and len(sweep_dir.tasks(0)) == 10
@@ -475,16 +593,21 @@ def test_a_refused_sbatch_removes_its_files_and_the_arrays_before_it_are_recorde
     links = [p for p in sweep_dir.jobs_dir.iterdir() if p.is_symlink()]
     assert leftovers == [] and len(links) == len(entry["array_ids"]) == 1, (leftovers, links)
     assert links[0].resolve().parent.name == entry["array_ids"][0] and links[0].resolve().is_file()
-    rest = launch(load_sweep(spec), out, "slurm", dataclasses.replace(load_sweep(spec).launch,
-                                                                      sbatch_extra=["--hold"]))
+    rest = launch(
+        load_sweep(spec), out, "slurm", dataclasses.replace(load_sweep(spec).launch, sbatch_extra=["--hold"])
+    )
     assert rest.runs_launched == 5 and rest.skipped_queued == 10
     for array in entry["array_ids"] + rest.array_ids:
         slurm_cluster.run(["scancel", array])
 
 
-def test_a_sweep_directory_with_a_space_a_quote_and_a_command_in_its_path(slurm_cluster, tmp_path, monkeypatch):
+def test_a_sweep_directory_with_a_space_a_quote_and_a_command_in_its_path(
+    slurm_cluster, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
-    spec = write_spec(tmp_path, "hostile", "optimizer.lr = [1e-3, 1e-2]", training="batch_size = 8\ntokens = 1024")
+    spec = write_spec(
+        tmp_path, "hostile", "optimizer.lr = [1e-3, 1e-2]", training="batch_size = 8\ntokens = 1024"
+    )
     out = tmp_path / "a b'c$(touch X)\"d"
     sweep = load_sweep(spec)
     launch(sweep, out, "slurm")

@@ -151,20 +151,38 @@ def test_relative_data_path_is_resolved_against_the_spec_folder(tmp_path):
     assert sweep.runs[0].data.path == str((tmp_path / "data" / "train.bin").resolve())
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("[modle]\nwidth = 1\n", "unknown section [modle]; valid sections: sweep, model"),
-    ("[model]\nwidht = 64\n", "model.widht: unknown setting; valid: width, depth, n_heads"),
-    ("[model]\nwidth = 'big'\n", "model.width: expected an integer, got 'big'"),
-    ("[model]\nparametrization = 'ntk'\n", "model.parametrization: 'ntk' is not one of mup, sp"),
-    ("[grid]\noptimizer.lr = { log = [1e-4, 1e-2] }\n", "grid.optimizer.lr: expected a list, {log = [lo, hi], num = N}"),
-    ("[grid]\noptimizer.lrr = [1, 2]\n", "optimizer.lrr: unknown setting; valid: lr, beta1"),
-    ("[grid]\ntraining.batch_size = { pow2 = [10, 64] }\n", "grid.training.batch_size: pow2 = [lo, hi] needs powers of two"),
-    ("[[grid.zip]]\nmodel.width = [32, 64]\nmodel.n_heads = [2]\n", "grid.zip[0]: zipped axes need equal lengths"),
-    ("[launch]\npartion = 'gpu'\n", "launch.partion: unknown setting; valid: partition, account, qos"),
-    ("[launch]\nsbatch_extra = ['exclusive']\n", "launch.sbatch_extra: 'exclusive' must be an option --key or --key=value"),
-    ("[schedule]\nname = 'wsd'\nwarmup_tokens = 1e9\n", "schedule.warmup_tokens: must be below training.tokens"),
-    ("[model]\nwidth = [\n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[modle]\nwidth = 1\n", "unknown section [modle]; valid sections: sweep, model"),
+        ("[model]\nwidht = 64\n", "model.widht: unknown setting; valid: width, depth, n_heads"),
+        ("[model]\nwidth = 'big'\n", "model.width: expected an integer, got 'big'"),
+        ("[model]\nparametrization = 'ntk'\n", "model.parametrization: 'ntk' is not one of mup, sp"),
+        (
+            "[grid]\noptimizer.lr = { log = [1e-4, 1e-2] }\n",
+            "grid.optimizer.lr: expected a list, {log = [lo, hi], num = N}",
+        ),
+        ("[grid]\noptimizer.lrr = [1, 2]\n", "optimizer.lrr: unknown setting; valid: lr, beta1"),
+        (
+            "[grid]\ntraining.batch_size = { pow2 = [10, 64] }\n",
+            "grid.training.batch_size: pow2 = [lo, hi] needs powers of two",
+        ),
+        (
+            "[[grid.zip]]\nmodel.width = [32, 64]\nmodel.n_heads = [2]\n",
+            "grid.zip[0]: zipped axes need equal lengths",
+        ),
+        ("[launch]\npartion = 'gpu'\n", "launch.partion: unknown setting; valid: partition, account, qos"),
+        (
+            "[launch]\nsbatch_extra = ['exclusive']\n",
+            "launch.sbatch_extra: 'exclusive' must be an option --key or --key=value",
+        ),
+        (
+            "[schedule]\nname = 'wsd'\nwarmup_tokens = 1e9\n",
+            "schedule.warmup_tokens: must be below training.tokens",
+        ),
+        ("[model]\nwidth = [\n", "invalid TOML"),
+    ],
+)
 def test_malformed_files_fail_with_one_line_naming_file_and_setting(tmp_path, text, expected):
     path = write(tmp_path, text, "bad.toml")
     with pytest.raises(ConfigError) as info:

@@ -47,7 +47,9 @@ def test_collect_is_incremental_and_picks_up_rewritten_records(tiny_sweep_dir):
     assert runs.loc[record["run_id"], "final_val_loss"] == 1.2345
     curves = pd.read_parquet(tiny_sweep_dir / "curves.parquet")
     rows_per_run = curves.groupby("run_id").size()
-    assert (rows_per_run == runs.loc[rows_per_run.index, "steps"]).all()  # the rewritten run's curve is not doubled
+    assert (
+        rows_per_run == runs.loc[rows_per_run.index, "steps"]
+    ).all()  # the rewritten run's curve is not doubled
 
 
 def test_corrupt_partial_and_foreign_records_are_reported_and_left_out(tiny_sweep_dir):
@@ -63,7 +65,11 @@ def test_corrupt_partial_and_foreign_records_are_reported_and_left_out(tiny_swee
     report = collect(sweep)
     assert report.runs == 13
     reasons = " ".join(p.reason for p in report.problems)
-    assert "unreadable" in reasons and "is not this sweep's" in reasons and "does not match the file name" in reasons
+    assert (
+        "unreadable" in reasons
+        and "is not this sweep's" in reasons
+        and "does not match the file name" in reasons
+    )
     collected = set(pd.read_parquet(tiny_sweep_dir / "runs.parquet")["run_id"])
     assert not collected & {f.stem for f in files[:3]}
 
@@ -75,7 +81,10 @@ def test_output_reads_in_pandas_pyarrow_polars_and_duckdb(tiny_sweep_dir):
     assert len(pd.read_parquet(path)) == expected
     frame = pl.read_parquet(path)
     assert frame.height == expected and frame.schema["started_at"] == pl.Datetime("us", "UTC")
-    assert duckdb.sql(f"select count(*), min(final_val_loss) > 0 from '{path}'").fetchall()[0] == (expected, True)
+    assert duckdb.sql(f"select count(*), min(final_val_loss) > 0 from '{path}'").fetchall()[0] == (
+        expected,
+        True,
+    )
     curves = str(tiny_sweep_dir / "curves.parquet")
     assert duckdb.sql(f"select count(distinct run_id) from '{curves}'").fetchall()[0][0] == expected
 

@@ -49,7 +49,9 @@ def test_plan_says_when_a_launch_cannot_fit_and_the_smallest_runs_per_task_that_
     assert plan.tasks == len(chains) > 50 and "do not fit" in plan.fits and "leave room for 50" in plan.fits
     suggested = int(plan.fits.split("runs_per_task=")[1].split()[0])
     assert len(pack_tasks(chains, suggested)) <= 50 < len(pack_tasks(chains, suggested - 1))
-    assert make_plan(sweep, options, ClusterLimits(max_job_count=1000, jobs_in_controller=0), 1e14).fits == "yes"
+    assert (
+        make_plan(sweep, options, ClusterLimits(max_job_count=1000, jobs_in_controller=0), 1e14).fits == "yes"
+    )
     full = ClusterLimits(max_job_count=1000, jobs_in_controller=1000)
     assert "wait until the queue drains" in make_plan(sweep, options, full, 1e14).fits
 
@@ -104,10 +106,13 @@ def test_ctrl_c_stops_the_demo_promptly_and_keeps_its_records(tmp_path):
     assert list(out.glob("runs/*/*.json"))
 
 
-FLAT_SWEEP = """
+FLAT_SWEEP = (
+    """
 [sweep]
 name = "flat"
-""" + TINY_MODEL + """[data]
+"""
+    + TINY_MODEL
+    + """[data]
 val_tokens = 1024
 [schedule]
 name = "wsd"
@@ -117,6 +122,7 @@ optimizer.lr = [1e-3, 2e-3]
 training.batch_size = [8]
 training.tokens = [2048]
 """
+)
 
 
 def test_demo_explains_a_sweep_that_supports_no_law(tmp_path):

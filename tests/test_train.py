@@ -23,9 +23,17 @@ from powerlaw_cli.runner import ChainRunner, train_standalone
 from powerlaw_cli.train import Control, StopRequested
 
 TINY = {
-    "model.width": 32, "model.depth": 2, "model.n_heads": 2, "model.seq_len": 16, "model.base_width": 32,
-    "data.val_tokens": 1024, "training.batch_size": 8, "training.tokens": 4096, "optimizer.lr": 1e-2,
-    "schedule.warmup_tokens": 256, "schedule.decay_fraction": 0.25,
+    "model.width": 32,
+    "model.depth": 2,
+    "model.n_heads": 2,
+    "model.seq_len": 16,
+    "model.base_width": 32,
+    "data.val_tokens": 1024,
+    "training.batch_size": 8,
+    "training.tokens": 4096,
+    "optimizer.lr": 1e-2,
+    "schedule.warmup_tokens": 256,
+    "schedule.decay_fraction": 0.25,
 }
 
 
@@ -47,13 +55,23 @@ class StopAt(Control):
         super().at_step_boundary()
 
 
-def run_chain(runs: list[RunConfig], checkpoint: Path | None = None, control: Control | None = None,
-              share: bool = True, done: dict | None = None) -> dict[str, dict]:
+def run_chain(
+    runs: list[RunConfig],
+    checkpoint: Path | None = None,
+    control: Control | None = None,
+    share: bool = True,
+    done: dict | None = None,
+) -> dict[str, dict]:
     """Train runs as chains; returns {run_id: record} (records of earlier calls in ``done`` are skipped)."""
     results = {} if done is None else done
     for chain in plan_chains(runs, share):
-        ChainRunner(chain, checkpoint, lambda rec, curve: results.__setitem__(rec["run_id"], rec),
-                    lambda run_id: run_id in results, control or Control()).run()
+        ChainRunner(
+            chain,
+            checkpoint,
+            lambda rec, curve: results.__setitem__(rec["run_id"], rec),
+            lambda run_id: run_id in results,
+            control or Control(),
+        ).run()
     return results
 
 
@@ -88,8 +106,11 @@ def validation_loss(model: torch.nn.Module, run: RunConfig) -> float:
     with torch.no_grad():
         for x, y in source.val_batches(64):
             logits = model(x)
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                             reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
+                )
+            )
             count += y.numel()
     return total / count
 
@@ -139,13 +160,19 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
 
 def test_killed_process_resumes_from_its_checkpoint_to_the_same_loss(tmp_path):
     """A real SIGKILL of `plsweep train`, then the same command again: same final loss as never killed."""
-    sets = [f"--set={k}={v}" for k, v in {**TINY, "training.tokens": 65536, "training.checkpoint_seconds": 0.2}.items()]
+    sets = [
+        f"--set={k}={v}"
+        for k, v in {**TINY, "training.tokens": 65536, "training.checkpoint_seconds": 0.2}.items()
+    ]
     command = [sys.executable, "-m", "powerlaw_cli", "train", *sets]
-    straight = subprocess.run([*command, "--out", str(tmp_path / "straight"), "--json"], capture_output=True, text=True,
-                              timeout=600)
+    straight = subprocess.run(
+        [*command, "--out", str(tmp_path / "straight"), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -153,7 +180,9 @@ def test_killed_process_resumes_from_its_checkpoint_to_the_same_loss(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "record.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run([*command, "--out", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [*command, "--out", str(out), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     first, second = json.loads(straight.stdout), json.loads(resumed.stdout)
     assert second["resumes"] == 1
@@ -161,8 +190,12 @@ def test_killed_process_resumes_from_its_checkpoint_to_the_same_loss(tmp_path):
     assert second["final_train_loss"] == first["final_train_loss"]
 
 
-POWER = {"schedule__name": "power", "schedule__power_a": 0.05,  # the cap 0.02 until ~400 tokens, then n^-0.51
-         "schedule__decay_shape": "exponential", "optimizer__lr": 0.02}
+POWER = {
+    "schedule__name": "power",
+    "schedule__power_a": 0.05,  # the cap 0.02 until ~400 tokens, then n^-0.51
+    "schedule__decay_shape": "exponential",
+    "optimizer__lr": 0.02,
+}
 
 
 @pytest.mark.parametrize("schedule", [{}, POWER], ids=["wsd", "power"])
@@ -173,13 +206,19 @@ def test_trunk_branches_equal_runs_trained_alone(schedule):
     shared = run_chain(runs, share=True)
     alone = run_chain(runs, share=False)
     for run in runs:
-        assert shared[run.run_id]["final_val_loss"] == alone[run.run_id]["final_val_loss"], run.training.tokens
+        assert shared[run.run_id]["final_val_loss"] == alone[run.run_id]["final_val_loss"], (
+            run.training.tokens
+        )
         assert shared[run.run_id]["trunk_id"] == chains[0].key and alone[run.run_id]["trunk_id"] is None
     assert len({r["final_val_loss"] for r in shared.values()}) == 3
 
 
 def test_trunk_stopped_inside_a_branch_resumes_to_the_same_results(tmp_path):
-    runs = [tiny(training__tokens=t, schedule__decay_shape=shape) for t in (2048, 4096) for shape in ("linear", "1-sqrt")]
+    runs = [
+        tiny(training__tokens=t, schedule__decay_shape=shape)
+        for t in (2048, 4096)
+        for shape in ("linear", "1-sqrt")
+    ]
     straight = run_chain(runs)
     checkpoint = tmp_path / "trunk.pt"
     done: dict = {}
@@ -214,6 +253,11 @@ def test_compile_wraps_the_model_and_keeps_the_run_id():
 
     eager, compiled = tiny(), tiny(training__compile=True)
     assert eager.run_id == compiled.run_id  # compilation changes speed, not the result
-    trajectory = Trajectory(compiled, load_source(compiled.data, compiled.model.vocab_size, compiled.model.seq_len), lambda t: 1e-3, torch.device("cpu"))
+    trajectory = Trajectory(
+        compiled,
+        load_source(compiled.data, compiled.model.vocab_size, compiled.model.seq_len),
+        lambda t: 1e-3,
+        torch.device("cpu"),
+    )
     assert isinstance(trajectory.forward, torch._dynamo.eval_frame.OptimizedModule)
     assert trajectory.forward._orig_mod is trajectory.model
