@@ -142,17 +142,7 @@ def find_optimum(
             **base,
         )
     if method == "argmin":
-        return Optimum(
-            "used",
-            "",
-            "argmin",
-            2.0 ** x[i],
-            step / math.sqrt(12),
-            "uniform over one grid step",
-            y[i],
-            shift_from_argmin_steps=0.0,
-            **base,
-        )
+        return _argmin(x, y, i, step, base)
     if method == "band":
         return _band(x, y, i, band, step, base)
     lo, hi = (0, len(x) - 1) if method == "parabola_grid" else _centred(i, len(x), window)
@@ -188,6 +178,22 @@ def _band(x, y, i, band, step, base) -> Optimum:
     )
 
 
+def _argmin(x, y, i, step, base, **extra) -> Optimum:
+    """The best grid point as the optimum, with the std of a uniform error over one grid step."""
+    return Optimum(
+        "used",
+        "",
+        "argmin",
+        2.0 ** x[i],
+        step / math.sqrt(12),
+        "uniform over one grid step",
+        y[i],
+        shift_from_argmin_steps=0.0,
+        **base,
+        **extra,
+    )
+
+
 def _parabola(x, y, n, i, lo, hi, step, noise_std, method, base) -> Optimum:
     xs, ys, ns = x[lo : hi + 1] - x[i], y[lo : hi + 1], n[lo : hi + 1]
     design = np.stack([xs**2, xs, np.ones_like(xs)], axis=1)
@@ -198,19 +204,7 @@ def _parabola(x, y, n, i, lo, hi, step, noise_std, method, base) -> Optimum:
     vertex = -c1 / (2 * c2) if c2 > 0 else math.nan
     if not (c2 > 0 and x[i - 1] - x[i] < vertex < x[i + 1] - x[i]):
         why = "parabola opens downwards" if c2 <= 0 else "parabola vertex outside the argmin's neighbours"
-        return Optimum(
-            "used",
-            "",
-            "argmin",
-            2.0 ** x[i],
-            step / math.sqrt(12),
-            "uniform over one grid step",
-            y[i],
-            shift_from_argmin_steps=0.0,
-            parabola=window,
-            **base,
-            notes=[f"{why}: fell back to the argmin"],
-        )
+        return _argmin(x, y, i, step, base, parabola=window, notes=[f"{why}: fell back to the argmin"])
     cov, how = _coef_cov(design, w, ys, coef, noise_std)
     if cov is None:
         sigma, sigma_method, loss_sigma = step / 2, "half grid step (noise unknown)", math.nan
