@@ -52,24 +52,21 @@ def _trunk_key(run: RunConfig) -> str:
 def plan_chains(runs: list[RunConfig], share_trunks: bool = True) -> list[Chain]:
     """Group runs into chains, in the order of their first run. WSD-S runs of one main branch always
     share it; WSD or Power runs that differ only in budget and decay share a trunk when ``share_trunks``
-    (not with tail averaging, whose window depends on the budget)."""
-    groups: dict[str, list[RunConfig]] = {}
+    (not with tail averaging, whose window depends on the budget). A trunk may hold one run: a later
+    round that adds a budget at its LR then extends the same trunk."""
+    groups: dict[tuple[str, str], list[RunConfig]] = {}
     for run in runs:
-        shareable = run.schedule.name == "wsd_s" or (
-            share_trunks and run.schedule.name in TRUNK_SCHEDULES and run.averaging.kind != "tail"
-        )
-        key = _trunk_key(run) if shareable else run.run_id
-        groups.setdefault(key, []).append(run)
-    chains = []
-    for key, members in groups.items():
-        members = sorted(members, key=lambda r: (r.training.tokens, r.run_id))
-        if members[0].schedule.name == "wsd_s":
-            chains.append(Chain("wsd_s", key, members))
-        elif len(members) > 1:
-            chains.append(Chain("trunk", key, members))
+        if run.schedule.name == "wsd_s":
+            kind = "wsd_s"
+        elif share_trunks and run.schedule.name in TRUNK_SCHEDULES and run.averaging.kind != "tail":
+            kind = "trunk"
         else:
-            chains.append(Chain("single", members[0].run_id, members))
-    return chains
+            kind = "single"
+        groups.setdefault((kind, run.run_id if kind == "single" else _trunk_key(run)), []).append(run)
+    return [
+        Chain(kind, key, sorted(members, key=lambda r: (r.training.tokens, r.run_id)))
+        for (kind, key), members in groups.items()
+    ]
 
 
 def fork_step(run: RunConfig) -> int:

@@ -99,7 +99,12 @@ ResultSink = Callable[[dict[str, Any], list[dict[str, Any]]], None]
 
 @dataclass
 class ChainRunner:
-    """Runs one chain: skips recorded runs, resumes from the checkpoint, reports each run's result."""
+    """Runs one chain: skips recorded runs, resumes from the checkpoint, reports each run's result.
+
+    ``keep_trunk``: once a trunk's runs are recorded, keep its state at its last fork in the checkpoint
+    file instead of removing it, so that a later round that adds a larger budget at the same LR extends
+    the trunk from there (bit for bit what training it to the end at once gives) instead of starting over.
+    """
 
     chain: Chain
     checkpoint: Path | None
@@ -107,11 +112,13 @@ class ChainRunner:
     is_recorded: Callable[[str], bool]
     control: Control
     extra: dict[str, Any] | None = None
+    keep_trunk: bool = False
 
     def run(self) -> None:
         pending = [r for r in self.chain.runs if not self.is_recorded(r.run_id)]
         if not pending:
-            self._remove_checkpoint()
+            if not self.keep_trunk:
+                self._remove_checkpoint()
             return
         started = datetime.now(timezone.utc).isoformat()
         try:
@@ -119,7 +126,10 @@ class ChainRunner:
             source = load_source(first.data, first.model.vocab_size, first.model.seq_len)
             device = resolve_device(first.training.device)
             if self.chain.kind == "trunk":
-                self._run_trunk(pending, source, device, started)
+                trunk = self._run_trunk(pending, source, device, started)
+                if self.keep_trunk and trunk is not None:
+                    self._save({"trunk": trunk.state_dict(), "branch": None, "kept": True})
+                    return
             else:
                 self._run_line(pending, source, device, started)
         except StopRequested:
@@ -168,7 +178,9 @@ class ChainRunner:
 
     # --- a trunk with one decay branch per run ----------------------------------------
 
-    def _run_trunk(self, pending: list[RunConfig], source, device, started: str) -> None:
+    def _run_trunk(self, pending: list[RunConfig], source, device, started: str) -> Trajectory | None:
+        """Train the trunk to each pending run's fork and the run's decay branch from there; returns the
+        trunk at its last fork (None if it diverged). A kept trunk (``keep_trunk``) is extended, not resumed."""
         ordered = sorted(pending, key=lambda r: (fork_step(r), r.training.tokens))
         trunk = Trajectory(ordered[0], source, _schedule(ordered[0]), device)
         state = self._load()
@@ -178,7 +190,7 @@ class ChainRunner:
             for r in ordered
         ):
             trunk.load_state_dict(state["trunk"])
-            trunk.resumes += 1
+            trunk.resumes += 0 if state.get("kept") else 1
             branch_state = state["branch"]
         dead: Diverged | None = None
         for run in ordered:
@@ -186,7 +198,7 @@ class ChainRunner:
             self.control.save = lambda: self._save({"trunk": trunk.state_dict(), "branch": None})
             if dead is None:
                 try:
-                    trunk.advance(fork_step(run), self.control, _eval_interval(run))
+                    trunk.advance(fork_step(run), self.control, _eval_interval(run), end_of_run=False)
                 except Diverged as div:
                     dead = div
             if dead is not None:  # the trunk diverged before this run's decay: so did the run
@@ -206,6 +218,7 @@ class ChainRunner:
                 self._record_diverged(run, branch, div, started)
                 continue
             self._record_ok(run, branch, started)
+        return None if dead is not None else trunk
 
     # --- results ------------------------------------------------------------------------
 

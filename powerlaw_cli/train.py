@@ -142,8 +142,15 @@ class Trajectory:
         if not math.isfinite(loss) or loss > limit:
             raise Diverged(self.tokens_seen, loss)
 
-    def advance(self, to_step: int, control: Control | None = None, evaluate_every: int = 0) -> None:
-        """Train until ``self.step == to_step``, evaluating every ``evaluate_every`` steps (0: never)."""
+    def advance(
+        self, to_step: int, control: Control | None = None, evaluate_every: int = 0, end_of_run: bool = True
+    ) -> None:
+        """Train until ``self.step == to_step``, evaluating every ``evaluate_every`` steps (0: never).
+
+        ``end_of_run``: ``to_step`` ends a run, whose record evaluates it, so it is not evaluated here; a
+        trunk advancing to a fork (not the end of a run) evaluates there too when it is due, so that a branch
+        has the evaluation points of the run trained alone.
+        """
         started = time.monotonic()
         try:
             while self.step < to_step:
@@ -152,7 +159,11 @@ class Trajectory:
                     started = time.monotonic()
                     control.at_step_boundary()
                 self.check_divergence(self.train_step())
-                if evaluate_every and self.step % evaluate_every == 0 and self.step < to_step:
+                if (
+                    evaluate_every
+                    and self.step % evaluate_every == 0
+                    and (self.step < to_step or not end_of_run)
+                ):
                     self.evaluate()
         finally:
             self.wall_seconds += time.monotonic() - started

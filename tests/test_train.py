@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from powerlaw_cli.chains import plan_chains
+from powerlaw_cli.chains import fork_step, plan_chains
 from powerlaw_cli.config import RunConfig
 from powerlaw_cli.data import load_source, markov_language
 from powerlaw_cli.model import GPT
@@ -61,6 +61,7 @@ def run_chain(
     control: Control | None = None,
     share: bool = True,
     done: dict | None = None,
+    keep_trunk: bool = False,
 ) -> dict[str, dict]:
     """Train runs as chains; returns {run_id: record} (records of earlier calls in ``done`` are skipped)."""
     results = {} if done is None else done
@@ -68,11 +69,24 @@ def run_chain(
         ChainRunner(
             chain,
             checkpoint,
-            lambda rec, curve: results.__setitem__(rec["run_id"], rec),
+            lambda rec, curve: results.__setitem__(rec["run_id"], rec | {"curve": curve}),
             lambda run_id: run_id in results,
             control or Control(),
+            keep_trunk=keep_trunk,
         ).run()
     return results
+
+
+class CountSteps(Control):
+    """Counts the optimizer steps trained (one step boundary each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def at_step_boundary(self) -> None:
+        self.steps += 1
+        super().at_step_boundary()
 
 
 def test_same_config_and_seed_give_the_identical_loss(tmp_path):
@@ -200,7 +214,9 @@ POWER = {
 
 @pytest.mark.parametrize("schedule", [{}, POWER], ids=["wsd", "power"])
 def test_trunk_branches_equal_runs_trained_alone(schedule):
-    runs = [tiny(training__tokens=t, **schedule) for t in (2048, 4096, 8192)]
+    runs = [
+        tiny(training__tokens=t, training__eval_every_tokens=1024, **schedule) for t in (2048, 4096, 8192)
+    ]
     chains = plan_chains(runs, share_trunks=True)
     assert [c.kind for c in chains] == ["trunk"]
     shared = run_chain(runs, share=True)
@@ -209,8 +225,31 @@ def test_trunk_branches_equal_runs_trained_alone(schedule):
         assert shared[run.run_id]["final_val_loss"] == alone[run.run_id]["final_val_loss"], (
             run.training.tokens
         )
+        assert shared[run.run_id]["curve"] == alone[run.run_id]["curve"]  # evaluations at forks included
         assert shared[run.run_id]["trunk_id"] == chains[0].key and alone[run.run_id]["trunk_id"] is None
     assert len({r["final_val_loss"] for r in shared.values()}) == 3
+    assert sum(row["val_loss"] is not None for row in shared[runs[-1].run_id]["curve"]) == 8
+
+
+def test_a_trunk_stopped_early_and_extended_later_gives_the_results_of_one_trained_to_the_end(tmp_path):
+    """Round 1 wants only the smallest budget; round 2 adds the larger ones: the kept trunk is extended from
+    its last fork, with exactly the branches of a trunk trained to the end at once, and no step trained twice."""
+    runs = [tiny(training__tokens=t) for t in (2048, 4096, 8192)]
+    at_once = CountSteps()
+    straight = run_chain(runs, control=at_once)
+    checkpoint = tmp_path / "trunk.pt"
+    rounds = [CountSteps(), CountSteps()]
+    done = run_chain(runs[:1], checkpoint, rounds[0], keep_trunk=True)
+    kept = torch.load(checkpoint, weights_only=True)
+    assert kept["kept"] and kept["trunk"]["step"] == fork_step(runs[0])
+    done = run_chain(runs, checkpoint, rounds[1], done=done, keep_trunk=True)
+    for run in runs:
+        assert done[run.run_id]["final_val_loss"] == straight[run.run_id]["final_val_loss"], (
+            run.training.tokens
+        )
+        assert done[run.run_id]["resumes"] == 0  # an extension is not a restart
+    assert sum(r.steps for r in rounds) == at_once.steps  # extended, not retrained
+    assert torch.load(checkpoint, weights_only=True)["trunk"]["step"] == fork_step(runs[-1])
 
 
 def test_trunk_stopped_inside_a_branch_resumes_to_the_same_results(tmp_path):
