@@ -594,11 +594,17 @@ class LaunchConfig:
     workers: int = setting(
         0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False
     )
+    chains_at_once: int = setting(
+        0,
+        "Slurm: chains an array task trains at once, each in a process of its own with cpus_per_task / N threads "
+        "(0: one per CPU for small models on the CPU, else 1); the local executor's workers already are N",
+        identity=False,
+    )
 
     def __post_init__(self) -> None:
         for name in ("time_minutes", "array_parallelism", "runs_per_task"):
             _require(getattr(self, name) > 0, "launch", name, "must be > 0")
-        for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds"):
+        for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds", "chains_at_once"):
             _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
         _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
         # These values become #SBATCH lines of the job script: a restricted alphabet, never a control character.

@@ -203,7 +203,11 @@ def launch(
             return result
         tasks = pack_tasks(chains, options.runs_per_task, todo)
         number = sweep_dir.next_launch_number()
-        task_options = {"share_trunks": options.share_trunks, "retry_failed": retry_failed}
+        task_options = {
+            "share_trunks": options.share_trunks,
+            "retry_failed": retry_failed,
+            "chains_at_once": options.chains_at_once,
+        }
         entry = {
             "launch": number,
             "executor": executor,

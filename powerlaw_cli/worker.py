@@ -40,17 +40,45 @@ def is_result(sweep: SweepDir, run_id: str, redo_failed: bool = True) -> bool:
     return isinstance(record, dict) and (record["status"] != "failed" or not redo_failed)
 
 
-def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | None = None) -> dict[str, Any]:
-    """Train every run of one task; returns {status: count} of the runs it recorded."""
-    from .runner import ChainRunner
-    from .train import Control
+SMALL_MODEL_FLOPS_PER_TOKEN = 2e7
+"""Below this many training FLOPs per token a proxy is bound by per-op overhead, not arithmetic: one thread
+per chain and one chain per CPU trains more runs per CPU-second than all threads on one chain (bench/)."""
 
-    started = time.monotonic()
-    sweep = SweepDir(Path(sweep_dir))
-    info = sweep.info()
-    runs = task_configs(sweep, launch, task)
+
+def chains_at_once(setting: int, cpus: int, runs: list[RunConfig]) -> int:
+    """How many chains a task trains at once: ``setting`` (launch.chains_at_once) when > 0, else one per CPU
+    for small models on the CPU and one for larger models or GPUs (each chain then gets cpus // n threads)."""
+    if setting > 0:
+        return setting
+    if not runs or cpus <= 1 or runs[0].training.device == "cuda":
+        return 1
+    if runs[0].training.device == "auto" and _cuda_visible():
+        return 1
+    small = max(run.model.flops_per_token for run in runs) < SMALL_MODEL_FLOPS_PER_TOKEN
+    return cpus if small else 1
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _task_chains(sweep: SweepDir, launch: int, task: int) -> tuple[dict[str, Any], list]:
+    """The task's options and its chains, planned from the settings of its own runs only."""
     options = sweep.task_options(launch)
-    control = control or Control()
+    return options, plan_chains(task_configs(sweep, launch, task), share_trunks=options["share_trunks"])
+
+
+def run_chains(
+    sweep: SweepDir, launch: int, task: int, control: Control, indices: list[int] | None = None
+) -> dict[str, int]:
+    """Train chains ``indices`` (default: all) of one task in this process, one after the other; returns
+    {status: count} of the runs recorded."""
+    from .runner import ChainRunner
+
+    info = sweep.info()
+    options, chains = _task_chains(sweep, launch, task)
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
     counts: dict[str, int] = {}
 
@@ -65,21 +93,123 @@ def run_task(sweep_dir: str | Path, launch: int, task: int, control: Control | N
     def done(run_id: str) -> bool:
         return is_result(sweep, run_id, redo_failed=options["retry_failed"])
 
-    print(
-        f"task {launch}/{task}: {len(runs)} runs, started in {time.monotonic() - started:.2f} s", flush=True
-    )
-    for chain in plan_chains(runs, share_trunks=options["share_trunks"]):
+    for index in range(len(chains)) if indices is None else indices:
+        chain = chains[index]
         control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
-        ChainRunner(chain, sweep.checkpoint_path(chain.key), on_result, done, control, extra).run()
+        ChainRunner(
+            chain,
+            sweep.checkpoint_path(chain.key),
+            on_result,
+            done,
+            control,
+            extra,
+            keep_trunk=options.get("keep_trunks", False),
+        ).run()
+    return counts
+
+
+def run_task(
+    sweep_dir: str | Path,
+    launch: int,
+    task: int,
+    control: Control | None = None,
+    at_once: int = 1,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Train every run of one task; returns {status: count} of the runs it recorded.
+
+    ``at_once`` > 1 trains that many of the task's chains at once, each in a process of its own with
+    ``threads`` torch threads (the records are those of training them one after the other).
+    """
+    from .train import Control, StopRequested
+
+    started = time.monotonic()
+    sweep = SweepDir(Path(sweep_dir))
+    control = control or Control()
+    _, chains = _task_chains(sweep, launch, task)
+    at_once = min(at_once, len(chains))
+    print(
+        f"task {launch}/{task}: {len(chains)} chains, {at_once} at once, started in "
+        f"{time.monotonic() - started:.2f} s",
+        flush=True,
+    )
+    if at_once <= 1:
+        counts = run_chains(sweep, launch, task, control)
+    else:
+        counts = _run_in_processes(sweep, launch, task, len(chains), at_once, threads, control)
+        if control.stop_after_save:
+            raise StopRequested("stopped at a step boundary after saving a checkpoint")
     print(f"task {launch}/{task}: done in {time.monotonic() - started:.2f} s: {counts}", flush=True)
     return counts
+
+
+def _run_in_processes(
+    sweep: SweepDir, launch: int, task: int, n_chains: int, at_once: int, threads: int, control: Control
+) -> dict[str, int]:
+    """Chains 0..n-1 handed out to ``at_once`` spawned processes as they free up. A stop request (signal)
+    of this process is passed on to them: each saves its chain's checkpoint and stops."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    work, results = context.Queue(), context.Queue()
+    for index in range(n_chains):
+        work.put(index)
+    for _ in range(at_once):
+        work.put(None)
+    processes = [
+        context.Process(target=chain_process, args=(str(sweep.root), launch, task, work, results, threads))
+        for _ in range(at_once)
+    ]
+    for process in processes:
+        process.start()
+    forwarded = False
+    while any(process.is_alive() for process in processes):
+        if control.stop_after_save and not forwarded:
+            for process in processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+            forwarded = True
+        for process in processes:
+            process.join(timeout=0.2)
+    counts: dict[str, int] = {}
+    for _ in processes:
+        for status, n in results.get().items():
+            counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+def chain_process(sweep_dir: str, launch: int, task: int, work: Any, results: Any, threads: int) -> None:
+    """One of a task's chain processes: trains chains from ``work`` until it is empty or a signal asks it
+    to stop (SIGTERM or USR2: save a checkpoint at the next step boundary), then reports its counts."""
+    import torch
+
+    from .train import Control, StopRequested
+
+    torch.set_num_threads(threads)
+    control = Control()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        control.stop_after_save = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGUSR2, request_stop)
+    counts: dict[str, int] = {}
+    sweep = SweepDir(Path(sweep_dir))
+    try:
+        while not control.stop_after_save and (index := work.get()) is not None:
+            for status, n in run_chains(sweep, launch, task, control, [index]).items():
+                counts[status] = counts.get(status, 0) + n
+    except StopRequested:
+        pass
+    finally:
+        results.put(counts)
 
 
 class SlurmTask(submitit.helpers.Checkpointable):
     """The submitit callable of an array task. On requeue it is called again with the same arguments.
 
-    It logs the path of the code it runs (the sweep's snapshot) and trains with as many threads as
-    the task has CPUs (``--cpus-per-task``).
+    It logs the path of the code it runs (the sweep's snapshot) and uses the task's CPUs
+    (``--cpus-per-task``): ``chains_at_once`` chains at a time with ``cpus // chains_at_once`` threads each.
     """
 
     def __call__(self, sweep_dir: str, launch: int, task: int) -> dict[str, Any]:
@@ -88,8 +218,13 @@ class SlurmTask(submitit.helpers.Checkpointable):
         from .train import Control, StopRequested
 
         print(f"plsweep code: {Path(__file__).resolve().parent}", flush=True)
-        if os.environ.get("SLURM_CPUS_PER_TASK"):  # unbound, torch would use every core of the node
-            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads())
+        sweep = SweepDir(Path(sweep_dir))
+        at_once = chains_at_once(
+            sweep.task_options(launch).get("chains_at_once", 1), cpus, task_configs(sweep, launch, task)
+        )
+        threads = max(1, cpus // at_once)
+        torch.set_num_threads(threads)  # unbound, torch would use every core of the node
         control = Control()
         requeue_handler = signal.getsignal(signal.SIGUSR2)
         reason: dict[str, int] = {}
@@ -101,7 +236,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGUSR2, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            return run_task(sweep_dir, launch, task, control)
+            return run_task(sweep_dir, launch, task, control, at_once, threads)
         except StopRequested:
             if reason.get("signal") == signal.SIGUSR2 and callable(requeue_handler):
                 requeue_handler(

@@ -156,3 +156,35 @@ def test_default_workers_is_one_per_usable_cpu_core_without_gpus():
     from powerlaw_cli.launch import default_workers
 
     assert default_workers() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_a_task_training_several_chains_at_once_records_what_one_at_a_time_does(tmp_path):
+    """One task of four chains: two processes of one thread each, or one after the other in this process,
+    give the same records (bit for bit on the CPU)."""
+    import shutil
+
+    import torch
+
+    from powerlaw_cli.worker import run_task
+
+    spec = make_spec(tmp_path, lrs="[1e-3, 3e-3, 1e-2, 3e-2]")
+    out = tmp_path / "out"
+    sweep = load_sweep(spec)
+    launch(sweep, out, "local", LaunchConfig(workers=1, runs_per_task=4))
+    assert SweepDir(out).tasks(0) and len(SweepDir(out).tasks(0)) == 1 and len(SweepDir(out).tasks(0)[0]) == 4
+    results = {}
+    for at_once in (1, 2):
+        copy = tmp_path / f"again-{at_once}"
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs", "curves", "records.index.json"))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            counts = run_task(copy, 0, 0, at_once=at_once, threads=1)
+        finally:
+            torch.set_num_threads(previous)
+        assert counts == {"ok": 4}
+        results[at_once] = trusted_records(SweepDir(copy))
+    assert set(results[1]) == set(results[2]) == {run.run_id for run in sweep.runs}
+    for run_id, record in results[1].items():
+        assert results[2][run_id]["final_val_loss"] == record["final_val_loss"]
+        assert results[2][run_id]["final_train_loss"] == record["final_train_loss"]
