@@ -161,6 +161,16 @@ def holding_lock(path: Path) -> Iterator[None]:
         yield
 
 
+@dataclass
+class Prepared:
+    """A launch decided under the sweep's launch lock: what went to Slurm, or what this process runs next."""
+
+    result: LaunchResult
+    tasks: list[list[str]] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+    live: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
 def launch(
     sweep: Sweep,
     out: Path,
@@ -174,81 +184,106 @@ def launch(
 
     ``on_wait`` hears once when another launch of this directory holds the lock (this one then waits).
     """
-    options = options or sweep.launch
     sweep_dir = SweepDir(out)
-    chains = plan_chains(sweep.runs, options.share_trunks)
-    live = contextlib.ExitStack()
     with sweep_dir.launch_lock(on_wait):
-        sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
-        write_manifest(sweep_dir, sweep, chains, options.share_trunks)
-        state = sweep_state(sweep_dir)
-        if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
-            raise SubmitError(
-                f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}"
-            )
-        todo = {run_id for run_id, run in state.runs.items() if run.needs_launch(retry_failed)}
-        counts = state.counts()
-        result = LaunchResult(
-            out,
-            None,
-            executor,
-            len(sweep.runs),
-            len(todo),
-            skipped_recorded=len(sweep.runs) - len(todo) - counts["pending"] - counts["running"],
-            skipped_queued=counts["pending"] + counts["running"],
-        )
-        if not todo:
-            if on_progress is not None:
-                on_progress(len(sweep.runs), len(sweep.runs))
-            return result
-        tasks = pack_tasks(chains, options.runs_per_task, todo)
-        number = sweep_dir.next_launch_number()
-        task_options = {
-            "share_trunks": options.share_trunks,
-            "retry_failed": retry_failed,
-            "chains_at_once": options.chains_at_once,
-        }
-        entry = {
-            "launch": number,
-            "executor": executor,
-            "submitted_at": datetime.now().astimezone().isoformat(),
-            **task_options,
-            "runs": len(todo),
-        }
-        result.launch, result.tasks = number, len(tasks)
-        if executor == "slurm":
-            limits = cluster_limits(options.account)
-            problem = check_fits(len(tasks), limits, chains, options.runs_per_task, todo)
-            if problem:
-                raise SubmitError(f"{sweep_dir.root}: {problem}")
-            sweep_dir.write_tasks(number, tasks, task_options)
-            submission, error = submit_slurm(
-                sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
-            )
-            submitted = len(submission["task_jobs"])
-            if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
-                sweep_dir.write_tasks(number, tasks[:submitted], task_options)
-            if submitted:
-                sweep_dir.append_launch(entry | submission)
-            if error:
-                raise SubmitError(
-                    f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
-                    f"(those are recorded; launch again to submit the rest): {error}"
-                )
-            result.array_ids = submission["array_ids"]
-            return result
+        prepared = submit(sweep_dir, sweep, executor, options or sweep.launch, retry_failed)
+    return run_prepared(sweep_dir, prepared, options or sweep.launch, on_progress)
+
+
+def submit(
+    sweep_dir: SweepDir,
+    sweep: Sweep,
+    executor: Executor,
+    options: LaunchConfig,
+    retry_failed: bool = False,
+    keep_trunks: bool = False,
+) -> Prepared:
+    """Under the caller's launch lock: write the spec and manifest, find the runs that need work, pack them,
+    and submit them (Slurm) or record a live local launch of them (run them with ``run_prepared``).
+    ``keep_trunks``: workers keep each trunk's state for a later round to extend (adaptive sweeps)."""
+    chains = plan_chains(sweep.runs, options.share_trunks)
+    sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
+    write_manifest(sweep_dir, sweep, chains, options.share_trunks)
+    state = sweep_state(sweep_dir)
+    if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
+        raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}")
+    todo = {run_id for run_id, run in state.runs.items() if run.needs_launch(retry_failed)}
+    counts = state.counts()
+    queued = counts["pending"] + counts["running"]
+    result = LaunchResult(
+        sweep_dir.root,
+        None,
+        executor,
+        len(sweep.runs),
+        len(todo),
+        skipped_recorded=len(sweep.runs) - len(todo) - queued,
+        skipped_queued=queued,
+    )
+    if not todo:
+        return Prepared(result)
+    tasks = pack_tasks(chains, options.runs_per_task, todo)
+    number = sweep_dir.next_launch_number()
+    task_options = {
+        "share_trunks": options.share_trunks,
+        "retry_failed": retry_failed,
+        "chains_at_once": options.chains_at_once,
+        "keep_trunks": keep_trunks,
+    }
+    entry = {
+        "launch": number,
+        "executor": executor,
+        "submitted_at": datetime.now().astimezone().isoformat(),
+        **task_options,
+        "runs": len(todo),
+    }
+    result.launch, result.tasks = number, len(tasks)
+    if executor == "slurm":
+        limits = cluster_limits(options.account)
+        problem = check_fits(len(tasks), limits, chains, options.runs_per_task, todo)
+        if problem:
+            raise SubmitError(f"{sweep_dir.root}: {problem}")
         sweep_dir.write_tasks(number, tasks, task_options)
-        lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
-        live.enter_context(holding_lock(lock))  # live before the launch lock is released
-        sweep_dir.append_launch(
-            {**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)}
+        submission, error = submit_slurm(
+            sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
         )
-    with live:
-        if executor == "local":
-            run_local(sweep_dir, number, tasks, options.workers, on_progress)
+        submitted = len(submission["task_jobs"])
+        if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
+            sweep_dir.write_tasks(number, tasks[:submitted], task_options)
+        if submitted:
+            sweep_dir.append_launch(entry | submission)
+        if error:
+            raise SubmitError(
+                f"{sweep_dir.root}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
+                f"(those are recorded; launch again to submit the rest): {error}"
+            )
+        result.array_ids = submission["array_ids"]
+        return Prepared(result)
+    sweep_dir.write_tasks(number, tasks, task_options)
+    prepared = Prepared(result, tasks, sorted(todo))
+    lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
+    prepared.live.enter_context(holding_lock(lock))  # live before the launch lock is released
+    sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
+    return prepared
+
+
+def run_prepared(
+    sweep_dir: SweepDir,
+    prepared: Prepared,
+    options: LaunchConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LaunchResult:
+    """Run a prepared local or debug launch here (after the launch lock is released); Slurm's ran already."""
+    result = prepared.result
+    if not prepared.tasks:
+        if on_progress is not None and result.runs_launched == 0:
+            on_progress(result.runs_total, result.runs_total)
+        return result
+    with prepared.live:
+        if result.executor == "local":
+            run_local(sweep_dir, result.launch, prepared.tasks, options.workers, on_progress)
         else:
-            run_debug(sweep_dir, number, len(tasks))
-    result.counts = _counts_of(sweep_dir, sorted(todo))
+            run_debug(sweep_dir, result.launch, len(prepared.tasks))
+    result.counts = _counts_of(sweep_dir, prepared.todo)
     return result
 
 

@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import submitit
 
-from .chains import plan_chains
+from .chains import Chain, plan_chains
 from .config import RunConfig
 from .store import SweepDir
 
@@ -64,21 +65,28 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def _task_chains(sweep: SweepDir, launch: int, task: int) -> tuple[dict[str, Any], list]:
-    """The task's options and its chains, planned from the settings of its own runs only."""
-    options = sweep.task_options(launch)
-    return options, plan_chains(task_configs(sweep, launch, task), share_trunks=options["share_trunks"])
+@dataclass
+class TaskPlan:
+    """One task of a launch: its options and its chains, planned from the settings of its own runs only."""
+
+    sweep: SweepDir
+    options: dict[str, Any]
+    chains: list[Chain]
+
+    @classmethod
+    def read(cls, sweep: SweepDir, launch: int, task: int) -> TaskPlan:
+        options = sweep.task_options(launch)
+        runs = task_configs(sweep, launch, task)
+        return cls(sweep, options, plan_chains(runs, share_trunks=options["share_trunks"]))
 
 
-def run_chains(
-    sweep: SweepDir, launch: int, task: int, control: Control, indices: list[int] | None = None
-) -> dict[str, int]:
+def run_chains(plan: TaskPlan, control: Control, indices: list[int] | None = None) -> dict[str, int]:
     """Train chains ``indices`` (default: all) of one task in this process, one after the other; returns
     {status: count} of the runs recorded."""
     from .runner import ChainRunner
 
+    sweep, options, chains = plan.sweep, plan.options, plan.chains
     info = sweep.info()
-    options, chains = _task_chains(sweep, launch, task)
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
     counts: dict[str, int] = {}
 
@@ -115,18 +123,21 @@ def run_task(
     control: Control | None = None,
     at_once: int = 1,
     threads: int = 1,
+    plan: TaskPlan | None = None,
 ) -> dict[str, Any]:
     """Train every run of one task; returns {status: count} of the runs it recorded.
 
     ``at_once`` > 1 trains that many of the task's chains at once, each in a process of its own with
-    ``threads`` torch threads (the records are those of training them one after the other).
+    ``threads`` torch threads (the records are those of training them one after the other). ``plan``: the
+    task as already read by the caller.
     """
     from .train import Control, StopRequested
 
     started = time.monotonic()
-    sweep = SweepDir(Path(sweep_dir))
     control = control or Control()
-    _, chains = _task_chains(sweep, launch, task)
+    plan = plan or TaskPlan.read(SweepDir(Path(sweep_dir)), launch, task)
+    sweep = plan.sweep
+    chains = plan.chains
     at_once = min(at_once, len(chains))
     print(
         f"task {launch}/{task}: {len(chains)} chains, {at_once} at once, started in "
@@ -134,7 +145,7 @@ def run_task(
         flush=True,
     )
     if at_once <= 1:
-        counts = run_chains(sweep, launch, task, control)
+        counts = run_chains(plan, control)
     else:
         counts = _run_in_processes(sweep, launch, task, len(chains), at_once, threads, control)
         if control.stop_after_save:
@@ -194,10 +205,10 @@ def chain_process(sweep_dir: str, launch: int, task: int, work: Any, results: An
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGUSR2, request_stop)
     counts: dict[str, int] = {}
-    sweep = SweepDir(Path(sweep_dir))
+    plan = TaskPlan.read(SweepDir(Path(sweep_dir)), launch, task)
     try:
         while not control.stop_after_save and (index := work.get()) is not None:
-            for status, n in run_chains(sweep, launch, task, control, [index]).items():
+            for status, n in run_chains(plan, control, [index]).items():
                 counts[status] = counts.get(status, 0) + n
     except StopRequested:
         pass
@@ -219,10 +230,9 @@ class SlurmTask(submitit.helpers.Checkpointable):
 
         print(f"plsweep code: {Path(__file__).resolve().parent}", flush=True)
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or torch.get_num_threads())
-        sweep = SweepDir(Path(sweep_dir))
-        at_once = chains_at_once(
-            sweep.task_options(launch).get("chains_at_once", 1), cpus, task_configs(sweep, launch, task)
-        )
+        plan = TaskPlan.read(SweepDir(Path(sweep_dir)), launch, task)
+        runs = [run for chain in plan.chains for run in chain.runs]
+        at_once = chains_at_once(plan.options.get("chains_at_once", 1), cpus, runs)
         threads = max(1, cpus // at_once)
         torch.set_num_threads(threads)  # unbound, torch would use every core of the node
         control = Control()
@@ -236,7 +246,7 @@ class SlurmTask(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGUSR2, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            return run_task(sweep_dir, launch, task, control, at_once, threads)
+            return run_task(sweep_dir, launch, task, control, at_once, threads, plan)
         except StopRequested:
             if reason.get("signal") == signal.SIGUSR2 and callable(requeue_handler):
                 requeue_handler(

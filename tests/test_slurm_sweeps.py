@@ -259,6 +259,40 @@ def test_requeued_task_resumes_from_its_checkpoint_with_the_loss_of_an_uninterru
     assert "Restarts=1" in restarts, restarts
 
 
+def test_a_requeued_task_training_two_chains_at_once_resumes_both(slurm_cluster, tmp_path):
+    """One task of two CPUs trains its two runs at once, one process and one thread each; requeued while
+    they train, both save a checkpoint, and the task resumes them to the losses of uninterrupted runs."""
+    spec = write_spec(
+        tmp_path,
+        "together",
+        "optimizer.lr = [1e-3, 3e-3]",
+        training="batch_size = 8\ntokens = 65536\ncheckpoint_seconds = 0.5",
+    )
+    sweep = load_sweep(spec)
+    options = dataclasses.replace(sweep.launch, cpus_per_task=2, chains_at_once=2, runs_per_task=2)
+    sweep_dir = SweepDir(tmp_path / "out")
+    assert launch(sweep, sweep_dir.root, "slurm", options).tasks == 1
+    (job,) = sweep_dir.launches()[0]["task_jobs"]
+    checkpoints = [sweep_dir.checkpoint_path(run.run_id) for run in sweep.runs]
+    deadline = time.monotonic() + 90
+    while not all(c.exists() for c in checkpoints):
+        assert time.monotonic() < deadline, f"no checkpoints after 90 s\n{slurm_cluster.log_tail()}"
+        assert not any(sweep_dir.record_path(r.run_id).exists() for r in sweep.runs), (
+            "finished before the requeue"
+        )
+        time.sleep(0.1)
+    slurm_cluster.run(["scontrol", "requeue", job])
+    with torch_threads(1):
+        references = {run.run_id: train_standalone(run, tmp_path / run.run_id) for run in sweep.runs}
+    wait_until_done(sweep_dir, slurm_cluster)
+    log = task_log(sweep_dir, job)
+    assert "2 chains, 2 at once" in log and log.count("plsweep code: ") == 2, log
+    for run in sweep.runs:
+        record = sweep_dir.read_record(sweep_dir.record_path(run.run_id))
+        assert record["status"] == "ok" and record["resumes"] >= 1, record
+        assert record["final_val_loss"] == references[run.run_id]["final_val_loss"]
+
+
 # --- failure, relaunch, retry -----------------------------------------------------------------------
 
 
