@@ -122,97 +122,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .config import _require, setting
+from .config import AdaptiveSettings
 from .fit_cells import cell_curves, find_cell_optima, point_noise
 from .fit_laws import FitError, fit_law, parse_law, predict_law
 from .fit_optimum import normal_z
 from .store import json_ready
 
-InitialCells = Literal["corners", "cheapest", "all"]
 LAW_BOOTSTRAP = 200  # resamples of each round's law: enough for a bracket's 95% interval, and fast
 LAW_FREE = (("batch_size", "tokens"), ("tokens",), ("batch_size",), ())  # free exponents, most first
 ON_LATTICE = 1e-6  # lattice units: an LR this close to a lattice point is that point
 CI = 0.95
-
-
-@dataclass(frozen=True)
-class AdaptiveSettings:
-    """How an adaptive sweep chooses its runs: the ``[adaptive]`` section of a sweep file."""
-
-    lr_min: float = setting(
-        0.0, "lower end of the initial LR range (required); the LR lattice is anchored here", identity=False
-    )
-    lr_max: float = setting(
-        0.0,
-        "upper end of the initial LR range (required); a cell whose optimum is at an edge goes past it",
-        identity=False,
-    )
-    precision_log2: float = setting(
-        0.5, "target half-width of each cell's 95% interval of log2 lr_opt", identity=False
-    )
-    lr_step_log2: float = setting(
-        1.0, "step of the LR lattice every run is drawn from, log2 (1: a x2 grid)", identity=False
-    )
-    initial_lrs: int = setting(
-        5, "LRs of the first round's coarse grid, spread over [lr_min, lr_max] on the lattice", identity=False
-    )
-    initial_cells: InitialCells = setting(
-        "cheapest",
-        "cells of the first round: corners (smallest and largest batch at the smallest budget), "
-        "cheapest (every batch at the smallest budget) or all",
-        identity=False,
-    )
-    extrapolate_steps: int = setting(
-        1,
-        "grid steps (of batch and of budget) beyond the cells with an optimum that the law predicts",
-        identity=False,
-    )
-    max_rounds: int = setting(10, "rounds at most", identity=False)
-    budget_flops: float = setting(
-        0.0, "stop once this many training FLOPs are spent (0: no limit)", identity=False
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("lr_min", "lr_max"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value > 0, "adaptive", name, "required, a number > 0")
-        _require(self.lr_max > self.lr_min, "adaptive", "lr_max", f"must be > lr_min = {self.lr_min:g}")
-        for name in ("precision_log2", "lr_step_log2"):
-            _require(getattr(self, name) > 0, "adaptive", name, "must be > 0")
-        _require(self.initial_lrs >= 3, "adaptive", "initial_lrs", "must be >= 3 (a parabola needs 3 LRs)")
-        _require(
-            self.lattice_span >= self.initial_lrs - 1,
-            "adaptive",
-            "initial_lrs",
-            f"{self.initial_lrs} LRs need [lr_min, lr_max] to span {self.initial_lrs - 1} lattice steps "
-            f"of {self.lr_step_log2:g} (log2); it spans {self.lattice_span}",
-        )
-        for name in ("extrapolate_steps", "max_rounds"):
-            _require(getattr(self, name) >= 1, "adaptive", name, "must be >= 1")
-        _require(self.budget_flops >= 0, "adaptive", "budget_flops", "must be >= 0")
-
-    @property
-    def lattice_span(self) -> int:
-        """Lattice steps from lr_min to lr_max (lr_max rounded to the nearest lattice point)."""
-        return round(math.log2(self.lr_max / self.lr_min) / self.lr_step_log2)
-
-    def lattice_lr(self, k: int) -> float:
-        """The LR of lattice point ``k`` (0 is lr_min), spelled to 12 significant digits as sweep files
-        spell their ranges, so that the same point always gives the same run id."""
-        return float(f"{self.lr_min * 2.0 ** (k * self.lr_step_log2):.12g}")
-
-    def lattice_index(self, lr: float) -> float:
-        """Where ``lr`` lies on the lattice (an integer for lattice points)."""
-        return math.log2(lr / self.lr_min) / self.lr_step_log2
-
-    def coarse_grid(self) -> list[int]:
-        """The first round's lattice points: ``initial_lrs`` spread evenly over [lr_min, lr_max]."""
-        return sorted({int(k) for k in np.rint(np.linspace(0, self.lattice_span, self.initial_lrs))})
 
 
 @dataclass(frozen=True)
@@ -762,7 +686,7 @@ def _summary(
     done = sum(steps[c.key].status == "done" for c in cells)
     parts = ", ".join(f"{n} {status}" for status, n in counts.items())
     later = f"; {len(deferred)} cell(s) deferred by the budget" if deferred else ""
-    return f"{len(proposals)} runs ({parts}); {done} of {len(cells)} cells meet the precision{later}"
+    return f"{len(proposals)} cell LRs ({parts}); {done} of {len(cells)} cells meet the precision{later}"
 
 
 def _not_converged(unconverged: list[CellSpec], steps: dict[tuple, _Step]) -> str:

@@ -41,7 +41,8 @@ class Chain:
         return None if self.kind == "single" else self.key
 
 
-def _trunk_key(run: RunConfig) -> str:
+def trunk_key(run: RunConfig) -> str:
+    """The key of the trunk a WSD or Power run shares with the runs that differ from it only in budget and decay."""
     identity = run.identity()
     for section, names in BRANCH_SETTINGS.items():
         for name in names:
@@ -62,7 +63,7 @@ def plan_chains(runs: list[RunConfig], share_trunks: bool = True) -> list[Chain]
             kind = "trunk"
         else:
             kind = "single"
-        groups.setdefault((kind, run.run_id if kind == "single" else _trunk_key(run)), []).append(run)
+        groups.setdefault((kind, run.run_id if kind == "single" else trunk_key(run)), []).append(run)
     return [
         Chain(kind, key, sorted(members, key=lambda r: (r.training.tokens, r.run_id)))
         for (kind, key), members in groups.items()
@@ -84,3 +85,11 @@ def chain_tokens(chain: Chain) -> int:
         return max(run.steps * run.batch_tokens for run in chain.runs)
     stable = max(fork_step(run) * run.batch_tokens for run in chain.runs)
     return stable + sum((run.steps - fork_step(run)) * run.batch_tokens for run in chain.runs)
+
+
+def added_tokens(run: RunConfig, trunk_step: int | None = None) -> int:
+    """Tokens training ``run`` adds now. A trunk kept at step ``trunk_step`` (its furthest fork so far) is
+    extended from there to the run's fork when the fork is not before it; otherwise the run trains from the
+    start. Either way it trains its own decay."""
+    start = trunk_step if trunk_step is not None and trunk_step <= fork_step(run) else 0
+    return (run.steps - start) * run.batch_tokens

@@ -336,6 +336,10 @@ def plan(
     from .spec import load_sweep
 
     sweep = load_sweep(spec)
+    if sweep.adaptive is not None:  # what its first round launches: later rounds depend on its results
+        from .rounds import first_round
+
+        sweep = dataclasses.replace(sweep, runs=first_round(sweep))
     options = launch_options(sweep.launch, set_, None)
     limits = cluster_limits(options.account)
     if max_array_size is not None:
@@ -392,29 +396,91 @@ def launch(
         list[str],
         typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}"),
     ] = [],  # noqa: B006
+    watch: Annotated[
+        bool,
+        typer.Option(
+            help="slurm: stay until the sweep is done (an adaptive sweep: plan and submit every round)"
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Launch a sweep: runs without a record (and not queued) are submitted; finished ones are skipped."""
-    from .launch import launch as do_launch
+    """Launch a sweep: runs without a record (and not queued) are submitted; finished ones are skipped.
+    An adaptive sweep ([adaptive]) runs round after round (on Slurm, one round per launch unless --watch)."""
     from .spec import load_sweep
 
     sweep = load_sweep(spec)
     options = launch_options(sweep.launch, set_, workers)
     out = out or Path("results") / sweep.name
+    if sweep.adaptive is not None:
+        launch_rounds(sweep, out, executor, options, retry_failed, watch, as_json)
+        return
+    from .launch import launch as do_launch
+
     with sweep_progress(executor == "local" and not as_json, f"sweep {sweep.name}") as on_progress:
         result = do_launch(sweep, out, executor, options, retry_failed, on_progress, on_wait=warn)
     if as_json:
         print_json(result.__dict__)
-        return
+    else:
+        print_launch(sweep.name, result)
+    if watch and executor == "slurm":
+        wait_for_sweep(out)
+
+
+def print_launch(name: str, result: Any) -> None:
     console.print(
-        f"sweep [bold]{sweep.name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
+        f"sweep [bold]{name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
         f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks"
     )
+    out = result.sweep_dir
     if result.array_ids:
         console.print(f"submitted Slurm arrays {', '.join(result.array_ids)} to {out}")
     elif result.counts:
         console.print("results: " + ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())))
     console.print(f"next: plsweep status {out}" + ("" if result.array_ids else f"  |  plsweep fit {out}"))
+
+
+def launch_rounds(
+    sweep: Any,
+    out: Path,
+    executor: Any,
+    options: LaunchConfig,
+    retry_failed: bool,
+    watch: bool,
+    as_json: bool,
+) -> None:
+    """An adaptive sweep: each round's plan as it is made, then where the sweep stands."""
+    from .rounds import launch_adaptive
+
+    def on_round(entry: dict) -> None:
+        if not as_json:
+            console.print(Text(round_line(entry)))
+
+    with sweep_progress(executor == "local" and not as_json, f"sweep {sweep.name}") as on_progress:
+        result = launch_adaptive(
+            sweep, out, executor, options, retry_failed, watch, on_progress, warn, on_round
+        )
+    if as_json:
+        print_json(result.__dict__ | {"launches": [launch.__dict__ for launch in result.launches]})
+        return
+    console.print(Text(("done: " if result.done else "") + result.why))
+    console.print(f"next: plsweep status {out}  |  plsweep fit {out}")
+
+
+def round_line(entry: dict) -> str:
+    """One line per adaptive round: what it added and why, or why the sweep stops."""
+    head = f"round {entry['round']}: "
+    if entry["done"]:
+        return head + f"stop: {entry['why']}"
+    return head + f"{entry['runs_added']} runs ({entry['flops']:.3g} FLOPs): {entry['why']}"
+
+
+def wait_for_sweep(out: Path) -> None:
+    """Poll a Slurm sweep (at most every 30 s) until nothing is queued or running."""
+    from .status import sweep_status
+    from .store import SweepDir
+
+    while not sweep_status(SweepDir(out)).done:
+        time.sleep(30.0)
 
 
 class sweep_progress:  # noqa: N801 - used as a context manager like a function
@@ -490,6 +556,8 @@ def render_status(result: Any) -> None:
         console.print(Text.assemble(("failed", "red"), f" {failure.run_id}: {failure.error}{job}"))
         for line in failure.log_tail:
             console.print(f"    {line}", highlight=False, markup=False)
+    for entry in result.rounds:
+        console.print(Text(round_line(entry)))
     for reason, n in sorted(result.lost.items(), key=lambda kv: -kv[1]):
         console.print(Text.assemble(("lost", "yellow"), f" {n}: {reason} (launch again to rerun)"))
     for bad in result.bad_records:

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import re
 import types
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,7 @@ DataSource = Literal["synthetic", "tokens", "text", "stdlib"]
 AveragingKind = Literal["none", "ema", "anytime", "tail"]
 Parametrization = Literal["mup", "sp"]
 WeightDecayRule = Literal["coupled", "independent"]
+InitialCells = Literal["corners", "cheapest", "all"]
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
 
 
@@ -62,7 +64,8 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-def _require(ok: bool, section: str, name: str, message: str) -> None:
+def require(ok: bool, section: str, name: str, message: str) -> None:
+    """Raise ``ConfigError("SECTION.NAME: MESSAGE")`` unless ``ok``: the one-line error of a bad setting."""
     if not ok:
         raise ConfigError(f"{section}.{name}: {message}")
 
@@ -110,24 +113,24 @@ class ModelConfig(Section):
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "n_heads", "seq_len", "vocab_size", "base_width"):
-            _require(getattr(self, name) > 0, "model", name, "must be > 0")
-        _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
-        _require(
+            require(getattr(self, name) > 0, "model", name, "must be > 0")
+        require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
+        require(
             (self.width // self.n_heads) % 2 == 0,
             "model",
             "n_heads",
             "head_dim = width / n_heads must be even (rotary)",
         )
         if self.base_head_dim == 0:
-            _require(
+            require(
                 self.base_width % self.n_heads == 0,
                 "model",
                 "base_width",
                 f"must be divisible by n_heads={self.n_heads}",
             )
-        _require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
-        _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
-        _require(self.init_std > 0, "model", "init_std", "must be > 0")
+        require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
+        require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
+        require(self.init_std > 0, "model", "init_std", "must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -195,9 +198,9 @@ class DataConfig(Section):
 
     def __post_init__(self) -> None:
         if self.source in ("tokens", "text"):
-            _require(bool(self.path), "data", "path", f"is required when source = {self.source!r}")
-        _require(self.zipf_exponent > 0, "data", "zipf_exponent", "must be > 0")
-        _require(self.val_tokens > 0, "data", "val_tokens", "must be > 0")
+            require(bool(self.path), "data", "path", f"is required when source = {self.source!r}")
+        require(self.zipf_exponent > 0, "data", "zipf_exponent", "must be > 0")
+        require(self.val_tokens > 0, "data", "val_tokens", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -225,12 +228,12 @@ class OptimizerConfig(Section):
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optimizer", "lr", "must be > 0")
+        require(self.lr > 0, "optimizer", "lr", "must be > 0")
         for name in ("beta1", "beta2"):
-            _require(0 <= getattr(self, name) < 1, "optimizer", name, "must be in [0, 1)")
-        _require(self.eps > 0, "optimizer", "eps", "must be > 0")
-        _require(self.weight_decay >= 0, "optimizer", "weight_decay", "must be >= 0")
-        _require(self.grad_clip >= 0, "optimizer", "grad_clip", "must be >= 0")
+            require(0 <= getattr(self, name) < 1, "optimizer", name, "must be in [0, 1)")
+        require(self.eps > 0, "optimizer", "eps", "must be > 0")
+        require(self.weight_decay >= 0, "optimizer", "weight_decay", "must be >= 0")
+        require(self.grad_clip >= 0, "optimizer", "grad_clip", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -259,21 +262,21 @@ class ScheduleConfig(Section):
 
     def __post_init__(self) -> None:
         for name in ("warmup_tokens", "decay_tokens", "cycle_tokens"):
-            _require(getattr(self, name) >= 0, "schedule", name, "must be >= 0")
-        _require(0 < self.decay_fraction <= 1, "schedule", "decay_fraction", "must be in (0, 1]")
-        _require(0 <= self.final_lr_ratio <= 1, "schedule", "final_lr_ratio", "must be in [0, 1]")
-        _require(self.alpha_tokens > 0, "schedule", "alpha_tokens", "must be > 0")
+            require(getattr(self, name) >= 0, "schedule", name, "must be >= 0")
+        require(0 < self.decay_fraction <= 1, "schedule", "decay_fraction", "must be in (0, 1]")
+        require(0 <= self.final_lr_ratio <= 1, "schedule", "final_lr_ratio", "must be in [0, 1]")
+        require(self.alpha_tokens > 0, "schedule", "alpha_tokens", "must be > 0")
         if self.name == "cyclic_cosine":
-            _require(self.cycle_tokens > 0, "schedule", "cycle_tokens", "must be > 0 for cyclic_cosine")
+            require(self.cycle_tokens > 0, "schedule", "cycle_tokens", "must be > 0 for cyclic_cosine")
         if self.name == "wsd_s":
             points = self.decay_points
-            _require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
-            _require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
-            _require(
+            require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
+            require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
+            require(
                 list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing"
             )
-        _require(self.power_a > 0, "schedule", "power_a", "must be > 0")
-        _require(self.power_b < 0, "schedule", "power_b", "must be < 0")
+        require(self.power_a > 0, "schedule", "power_a", "must be > 0")
+        require(self.power_b < 0, "schedule", "power_b", "must be < 0")
 
     def decay_length(self, budget: int) -> int:
         """Decay length in tokens for a run (or a wsd_s budget) of ``budget`` tokens."""
@@ -308,18 +311,18 @@ class TrainingConfig(Section):
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_size"):
-            _require(getattr(self, name) > 0, "training", name, "must be > 0")
-        _require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
+            require(getattr(self, name) > 0, "training", name, "must be > 0")
+        require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
         if self.micro_batch_size:
-            _require(
+            require(
                 self.batch_size % self.micro_batch_size == 0,
                 "training",
                 "micro_batch_size",
                 f"must divide batch_size={self.batch_size}",
             )
-        _require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
-        _require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
-        _require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
+        require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
+        require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
+        require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -338,9 +341,9 @@ class AveragingConfig(Section):
     tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
 
     def __post_init__(self) -> None:
-        _require(self.ema_tokens > 0, "averaging", "ema_tokens", "must be > 0")
-        _require(self.anytime_gamma > 0, "averaging", "anytime_gamma", "must be > 0")
-        _require(0 < self.tail_fraction <= 1, "averaging", "tail_fraction", "must be in (0, 1]")
+        require(self.ema_tokens > 0, "averaging", "ema_tokens", "must be > 0")
+        require(self.anytime_gamma > 0, "averaging", "anytime_gamma", "must be > 0")
+        require(0 < self.tail_fraction <= 1, "averaging", "tail_fraction", "must be in (0, 1]")
 
 
 SECTION_TYPES: dict[str, type] = {
@@ -366,13 +369,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.schedule.name == "wsd_s":
-            _require(
+            require(
                 self.training.tokens in self.schedule.decay_points,
                 "training",
                 "tokens",
                 f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}",
             )
-        _require(
+        require(
             self.schedule.warmup_tokens < self.training.tokens,
             "schedule",
             "warmup_tokens",
@@ -560,6 +563,82 @@ def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """How an adaptive sweep chooses its runs: the ``[adaptive]`` section of a sweep file."""
+
+    lr_min: float = setting(
+        0.0, "lower end of the initial LR range (required); the LR lattice is anchored here", identity=False
+    )
+    lr_max: float = setting(
+        0.0,
+        "upper end of the initial LR range (required); a cell whose optimum is at an edge goes past it",
+        identity=False,
+    )
+    precision_log2: float = setting(
+        0.5, "target half-width of each cell's 95% interval of log2 lr_opt", identity=False
+    )
+    lr_step_log2: float = setting(
+        1.0, "step of the LR lattice every run is drawn from, log2 (1: a x2 grid)", identity=False
+    )
+    initial_lrs: int = setting(
+        5, "LRs of the first round's coarse grid, spread over [lr_min, lr_max] on the lattice", identity=False
+    )
+    initial_cells: InitialCells = setting(
+        "cheapest",
+        "cells of the first round: corners (smallest and largest batch at the smallest budget), "
+        "cheapest (every batch at the smallest budget) or all",
+        identity=False,
+    )
+    extrapolate_steps: int = setting(
+        1,
+        "grid steps (of batch and of budget) beyond the cells with an optimum that the law predicts",
+        identity=False,
+    )
+    max_rounds: int = setting(10, "rounds at most", identity=False)
+    budget_flops: float = setting(
+        0.0, "stop once this many training FLOPs are spent (0: no limit)", identity=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("lr_min", "lr_max"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, "adaptive", name, "required, a number > 0")
+        require(self.lr_max > self.lr_min, "adaptive", "lr_max", f"must be > lr_min = {self.lr_min:g}")
+        for name in ("precision_log2", "lr_step_log2"):
+            require(getattr(self, name) > 0, "adaptive", name, "must be > 0")
+        require(self.initial_lrs >= 3, "adaptive", "initial_lrs", "must be >= 3 (a parabola needs 3 LRs)")
+        require(
+            self.lattice_span >= self.initial_lrs - 1,
+            "adaptive",
+            "initial_lrs",
+            f"{self.initial_lrs} LRs need [lr_min, lr_max] to span {self.initial_lrs - 1} lattice steps "
+            f"of {self.lr_step_log2:g} (log2); it spans {self.lattice_span}",
+        )
+        for name in ("extrapolate_steps", "max_rounds"):
+            require(getattr(self, name) >= 1, "adaptive", name, "must be >= 1")
+        require(self.budget_flops >= 0, "adaptive", "budget_flops", "must be >= 0")
+
+    @property
+    def lattice_span(self) -> int:
+        """Lattice steps from lr_min to lr_max (lr_max rounded to the nearest lattice point)."""
+        return round(math.log2(self.lr_max / self.lr_min) / self.lr_step_log2)
+
+    def lattice_lr(self, k: int) -> float:
+        """The LR of lattice point ``k`` (0 is lr_min), spelled to 12 significant digits as sweep files
+        spell their ranges, so that the same point always gives the same run id."""
+        return float(f"{self.lr_min * 2.0 ** (k * self.lr_step_log2):.12g}")
+
+    def lattice_index(self, lr: float) -> float:
+        """Where ``lr`` lies on the lattice (an integer for lattice points)."""
+        return math.log2(lr / self.lr_min) / self.lr_step_log2
+
+    def coarse_grid(self) -> list[int]:
+        """The first round's lattice points: ``initial_lrs`` spread evenly over [lr_min, lr_max]."""
+        n, span = self.initial_lrs, self.lattice_span
+        return sorted({round(span * i / (n - 1)) for i in range(n)})
+
+
 SLURM_NAME = re.compile(r"[A-Za-z0-9_.,+-]*")
 SLURM_CONSTRAINT = re.compile(r"[A-Za-z0-9_.,+&|!*()\[\]:-]*")
 SBATCH_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?:=[^\x00-\x1f\x7f]*)?")
@@ -603,19 +682,19 @@ class LaunchConfig:
 
     def __post_init__(self) -> None:
         for name in ("time_minutes", "array_parallelism", "runs_per_task"):
-            _require(getattr(self, name) > 0, "launch", name, "must be > 0")
+            require(getattr(self, name) > 0, "launch", name, "must be > 0")
         for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds", "chains_at_once"):
-            _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
-        _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
+            require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
+        require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
         # These values become #SBATCH lines of the job script: a restricted alphabet, never a control character.
         for name in ("partition", "account", "qos"):
-            _require(
+            require(
                 SLURM_NAME.fullmatch(getattr(self, name)) is not None,
                 "launch",
                 name,
                 f"{getattr(self, name)!r} may hold only letters, digits and . _ , + -",
             )
-        _require(
+        require(
             SLURM_CONSTRAINT.fullmatch(self.constraint) is not None,
             "launch",
             "constraint",
@@ -623,13 +702,13 @@ class LaunchConfig:
         )
         for line in self.sbatch_extra:
             match = SBATCH_OPTION.fullmatch(line)
-            _require(
+            require(
                 match is not None,
                 "launch",
                 "sbatch_extra",
                 f"{line!r} must be an option --key or --key=value without control characters",
             )
-            _require(
+            require(
                 match.group(1) not in SBATCH_OWN,
                 "launch",
                 "sbatch_extra",

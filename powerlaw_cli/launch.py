@@ -34,14 +34,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
-from .config import LaunchConfig
+from .config import LaunchConfig, stable_hash
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
 from .store import SweepDir
 
 Executor = Literal["local", "slurm", "debug"]
-TRUNKS_KEY = b"plsweep.share_trunks"
+MANIFEST_KEY = b"plsweep.manifest"  # metadata: a hash of the runs and share_trunks it was written for
 
 
 @dataclass
@@ -63,12 +63,17 @@ class LaunchResult:
 def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share_trunks: bool) -> None:
     """One row per run: run_id, trunk_id, every setting as a column, and the config as JSON.
 
-    Written on the first launch, and again only when ``share_trunks`` changes the trunk ids.
+    Written on the first launch, and again only when the runs (an adaptive round adds some) or their trunk
+    ids (``share_trunks``) change.
     """
-    if sweep_dir.manifest_path.exists():
-        metadata = pq.read_schema(sweep_dir.manifest_path).metadata or {}
-        if metadata.get(TRUNKS_KEY) == str(share_trunks).encode():
-            return
+    stamp = stable_hash(
+        {"runs": sorted(run.run_id for run in sweep.runs), "share_trunks": share_trunks}
+    ).encode()
+    if (
+        sweep_dir.manifest_path.exists()
+        and (pq.read_schema(sweep_dir.manifest_path).metadata or {}).get(MANIFEST_KEY) == stamp
+    ):
+        return
     trunk_of = {run.run_id: chain.trunk_id for chain in chains for run in chain.runs}
     rows = [
         {
@@ -79,8 +84,7 @@ def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share
         }
         for run in sweep.runs
     ]
-    table = pa.Table.from_pylist(rows).replace_schema_metadata({TRUNKS_KEY: str(share_trunks).encode()})
-    sweep_dir.write_manifest(table)
+    sweep_dir.write_manifest(pa.Table.from_pylist(rows).replace_schema_metadata({MANIFEST_KEY: stamp}))
 
 
 def pack_tasks(chains: list[Chain], runs_per_task: int, needed: set[str] | None = None) -> list[list[str]]:

@@ -30,6 +30,7 @@ from typing import Any
 from .config import (
     SECTION_NAMES,
     SECTION_TYPES,
+    AdaptiveSettings,
     ConfigError,
     LaunchConfig,
     RunConfig,
@@ -44,7 +45,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch")
+TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch", "adaptive")
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 """A sweep's name names its directory and its Slurm jobs: a safe alphabet, no path or shell characters."""
 RANGE_FORMS = "a list, {log = [lo, hi], num = N}, {lin = [lo, hi], num = N}, {pow2 = [lo, hi]} or {start = x, ratio = r, num = N}"
@@ -52,7 +53,11 @@ RANGE_FORMS = "a list, {log = [lo, hi], num = N}, {lin = [lo, hi], num = N}, {po
 
 @dataclass
 class Sweep:
-    """A validated sweep: its runs (unique by run_id, in grid order) and launch defaults."""
+    """A validated sweep: its runs (unique by run_id, in grid order) and launch defaults.
+
+    An adaptive sweep (``[adaptive]``) has no runs in its file: its ``templates`` are the grid without the
+    LR (one run per cell and seed, at the file's base LR), and rounds add runs at LRs of its lattice.
+    """
 
     name: str
     path: Path
@@ -62,10 +67,17 @@ class Sweep:
     launch: LaunchConfig
     axes: dict[str, list[Any]] = field(default_factory=dict)
     duplicates: int = 0
+    adaptive: AdaptiveSettings | None = None
+    templates: list[RunConfig] = field(default_factory=list)
 
     @property
     def sweep_hash(self) -> str:
-        """The sweep's identity: its name and the set of its runs (not their order, not [launch])."""
+        """The sweep's identity: its name and the set of its runs (not their order, not [launch]); for an
+        adaptive sweep, its cells and LR lattice (its stopping rules may change between launches)."""
+        if self.adaptive is not None:
+            lattice = {"lr_min": self.adaptive.lr_min, "lr_step_log2": self.adaptive.lr_step_log2}
+            cells = sorted(run.run_id for run in self.templates)
+            return stable_hash({"name": self.name, "cells": cells, "lattice": lattice})
         return stable_hash({"name": self.name, "runs": sorted(run.run_id for run in self.runs)})
 
 
@@ -108,7 +120,16 @@ def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
     axes = parse_grid(data.get("grid", {}), path)
     runs, duplicates = expand(base, axes, path)
     flat_axes = {key: values for group in axes for key, values in group.items()}
-    return Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
+    sweep = Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
+    if "adaptive" in data:
+        if "optimizer.lr" in flat_axes:
+            raise ConfigError(
+                f"{path}: grid.optimizer.lr: an adaptive sweep chooses its LRs; give [adaptive] "
+                "lr_min and lr_max instead of an LR axis"
+            )
+        sweep.adaptive = section_from_dict(AdaptiveSettings, data["adaptive"], f"{path}: adaptive")
+        sweep.templates, sweep.runs = sweep.runs, []
+    return sweep
 
 
 def _resolve_data_path(data: dict[str, dict[str, Any]], spec_path: Path) -> dict[str, dict[str, Any]]:

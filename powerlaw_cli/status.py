@@ -30,7 +30,8 @@ class Failure:
 
 @dataclass
 class SweepStatus:
-    """Counts per state, failures, why runs were lost, untrusted records, and a scheduler warning (if any)."""
+    """Counts per state, failures, why runs were lost, untrusted records, a scheduler warning (if any), and
+    the rounds of an adaptive sweep (what each added and why; without their per-run lists)."""
 
     sweep: str
     total: int
@@ -39,6 +40,7 @@ class SweepStatus:
     lost: dict[str, int]
     bad_records: list[str]
     warning: str = ""
+    rounds: list[dict] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -76,6 +78,7 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
             job = run.entry["task_jobs"][run.task] if run.entry and run.entry["executor"] == "slurm" else None
             failures.append(Failure(run_id, run.reason, job, str(log) if log else None, _tail(log)))
     lost = Counter(_reason_kind(run.reason) for run in state.runs.values() if run.state == "lost")
+    rounds = [{k: v for k, v in entry.items() if k not in ("added", "laws")} for entry in sweep_dir.rounds()]
     return SweepStatus(
         sweep_dir.info()["name"],
         len(state.runs),
@@ -84,6 +87,7 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
         dict(lost),
         [str(p) for p in state.problems],
         state.warning,
+        rounds,
     )
 
 

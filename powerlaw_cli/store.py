@@ -9,7 +9,8 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       tasks/launch-N.json         the run ids of every task of launch N, and its options
       launches.jsonl              one line per launch: executor, job ids per task
       launch.lock                 held by the launch that is reading the state or submitting
-      records.index.json          status, error and file key of every trusted record (status and launch read it)
+      records.index.json          status, error, loss and file key of every trusted record (status, launch read it)
+      rounds.jsonl                an adaptive sweep's rounds: what each added, why, at what cost
       runs/ab/RUN_ID.json         one record per finished run, written atomically
       curves/ab/RUN_ID.arrow      the run's loss curve (Arrow IPC, zstd)
       checkpoints/KEY.pt          resumable state of unfinished work (removed once recorded)
@@ -150,6 +151,7 @@ class SweepDir:
     launches_path = property(lambda self: self.root / "launches.jsonl")
     lock_path = property(lambda self: self.root / "launch.lock")
     index_path = property(lambda self: self.root / "records.index.json")
+    rounds_path = property(lambda self: self.root / "rounds.jsonl")
     jobs_dir = property(lambda self: self.root / "jobs")
     runs_table_path = property(lambda self: self.root / "runs.parquet")
     curves_table_path = property(lambda self: self.root / "curves.parquet")
@@ -318,24 +320,42 @@ class SweepDir:
         return self._tasks_file(launch)["options"]
 
     def launches(self) -> list[dict[str, Any]]:
-        """Every launch so far, oldest first (lines that do not parse are skipped)."""
-        if not self.launches_path.exists():
-            return []
-        out = []
-        for line in self.launches_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        """Every launch so far, oldest first."""
+        return _read_lines(self.launches_path)
 
     def next_launch_number(self) -> int:
         return max((entry["launch"] for entry in self.launches()), default=-1) + 1
 
     def append_launch(self, entry: dict[str, Any]) -> None:
-        """Append one JSON line (a single small write, so concurrent appends do not interleave)."""
-        with open(self.launches_path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        """Record a launch: its executor, tasks' job ids and options."""
+        _append_line(self.launches_path, entry)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """Every round of an adaptive sweep so far, oldest first."""
+        return _read_lines(self.rounds_path)
+
+    def append_round(self, entry: dict[str, Any]) -> None:
+        """Record an adaptive round: what it added, why, and what it cost."""
+        _append_line(self.rounds_path, json_ready(entry))
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, oldest first (lines that do not parse are skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _append_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line (a single small write, so concurrent appends do not interleave)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
 
 
 # --- the record index: what status and launch need of every record -----------------------------
@@ -343,17 +363,18 @@ class SweepDir:
 
 @dataclass
 class RecordIndex:
-    """Per trusted record: its status, error and finish time; and the record files that cannot be trusted."""
+    """Per trusted record: its status, error, finish time and final loss; and the record files that cannot be
+    trusted."""
 
     records: dict[str, dict[str, Any]]
     problems: list[RecordProblem]
 
 
-INDEX_FIELDS = ("status", "error", "finished_at")
+INDEX_FIELDS = ("status", "error", "finished_at", "final_val_loss")
 
 
 def record_index(sweep: SweepDir) -> RecordIndex:
-    """The status, error and finish time of every trusted record, from ``records.index.json``.
+    """The status, error, finish time and final loss of every trusted record, from ``records.index.json``.
 
     The index keeps each record file's key (modification time, size, inode): only records that are new or
     changed since it was written are read and checked, and it is rewritten (atomically) only then. Records
