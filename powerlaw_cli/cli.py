@@ -558,6 +558,10 @@ def render_status(result: Any) -> None:
             console.print(f"    {line}", highlight=False, markup=False)
     for entry in result.rounds:
         console.print(Text(round_line(entry)))
+    if result.checkpoint_bytes:
+        console.print(
+            f"checkpoints (kept trunks and unfinished runs): {result.checkpoint_bytes / 1e6:.3g} MB"
+        )
     for reason, n in sorted(result.lost.items(), key=lambda kv: -kv[1]):
         console.print(Text.assemble(("lost", "yellow"), f" {n}: {reason} (launch again to rerun)"))
     for bad in result.bad_records:

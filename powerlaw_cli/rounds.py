@@ -153,9 +153,11 @@ def launch_adaptive(
     on_progress: Callable[[int, int], None] | None = None,
     on_wait: Callable[[str], None] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    poll_seconds: float = POLL_SECONDS,
 ) -> AdaptiveResult:
     """Run an adaptive sweep into ``out``: rounds back to back locally, one round per call on Slurm
-    (every round with ``watch``). ``on_round`` hears each round's plan as it is made."""
+    (every round with ``watch``, asking the scheduler every ``poll_seconds``). ``on_round`` hears each
+    round's plan as it is made."""
     options = options or sweep.launch
     sweep_dir = SweepDir(out)
     cells = sweep_cells(sweep)
@@ -167,7 +169,14 @@ def launch_adaptive(
         if entry is not None:
             result.rounds.append(entry)
             if on_round is not None:
-                on_round(entry)
+                try:
+                    on_round(entry)
+                except (
+                    BaseException
+                ):  # the round's runs stay lost (its local launch ends here); a relaunch repairs
+                    if prepared is not None:
+                        prepared.live.close()
+                    raise
         if step == "done":
             result.done, result.why = True, entry["why"]
             return result
@@ -175,7 +184,7 @@ def launch_adaptive(
             if executor != "slurm" or not watch:
                 result.why = "the last round is still queued or running; launch again when it has finished"
                 return result
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll_seconds)
             continue
         result.launches.append(run_prepared(sweep_dir, prepared, options, on_progress))
         if executor == "slurm" and not watch:

@@ -31,7 +31,8 @@ class Failure:
 @dataclass
 class SweepStatus:
     """Counts per state, failures, why runs were lost, untrusted records, a scheduler warning (if any), and
-    the rounds of an adaptive sweep (what each added and why; without their per-run lists)."""
+    the rounds of an adaptive sweep (what each added and why; without their per-run lists), and the disk
+    its checkpoints take (an adaptive sweep keeps each trunk's for a later round to extend)."""
 
     sweep: str
     total: int
@@ -41,6 +42,7 @@ class SweepStatus:
     bad_records: list[str]
     warning: str = ""
     rounds: list[dict] = field(default_factory=list)
+    checkpoint_bytes: int = 0
 
     @property
     def done(self) -> bool:
@@ -79,6 +81,8 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
             failures.append(Failure(run_id, run.reason, job, str(log) if log else None, _tail(log)))
     lost = Counter(_reason_kind(run.reason) for run in state.runs.values() if run.state == "lost")
     rounds = [{k: v for k, v in entry.items() if k not in ("added", "laws")} for entry in sweep_dir.rounds()]
+    checkpoints = sweep_dir.root / "checkpoints"
+    disk = sum(p.stat().st_size for p in checkpoints.glob("*.pt")) if checkpoints.exists() else 0
     return SweepStatus(
         sweep_dir.info()["name"],
         len(state.runs),
@@ -88,6 +92,7 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
         [str(p) for p in state.problems],
         state.warning,
         rounds,
+        disk,
     )
 
 

@@ -649,3 +649,34 @@ def test_a_sweep_directory_with_a_space_a_quote_and_a_command_in_its_path(
     wait_until_done(sweep_dir, slurm_cluster)
     assert sweep_status(sweep_dir).counts["finished"] == 2
     assert list(tmp_path.rglob("X")) == [] and not (REPO_ROOT / "X").exists()
+
+
+def test_an_adaptive_sweep_on_slurm_submits_a_round_per_launch_and_status_shows_the_rounds(
+    slurm_cluster, tmp_path
+):
+    """Without --watch a launch submits one round and returns; launched again while it runs it submits
+    nothing; with --watch it plans and submits every round until the sweep stops. Every run once."""
+    from powerlaw_cli.rounds import launch_adaptive
+
+    spec = tmp_path / "adaptive.toml"
+    spec.write_text(
+        '[sweep]\nname = "adaptive-slurm"\n' + TINY_MODEL + "[data]\nval_tokens = 1024\n"
+        '[schedule]\nname = "wsd"\nwarmup_tokens = 256\ndecay_fraction = 0.25\n[training]\ndevice = "cpu"\n'
+        "[grid]\ntraining.batch_size = [8, 16]\ntraining.tokens = [2048, 4096]\ntraining.seed = [0, 1]\n"
+        "[adaptive]\nlr_min = 1e-3\nlr_max = 6.4e-2\nmax_rounds = 6\n"
+        "[launch]\ncpus_per_task = 1\ngpus_per_task = 0\ntime_minutes = 5\nruns_per_task = 40\n"
+    )
+    sweep = load_sweep(spec)
+    out = tmp_path / "out"
+    first = launch_adaptive(sweep, out, "slurm")
+    assert len(first.rounds) == 1 and not first.done and first.launches[0].array_ids
+    again = launch_adaptive(sweep, out, "slurm")
+    assert again.rounds == [] and "still queued or running" in again.why
+    done = launch_adaptive(sweep, out, "slurm", watch=True, poll_seconds=1)
+    assert done.done and len(done.rounds) >= 2, done
+    sweep_dir = SweepDir(out)
+    manifest = sweep_dir.manifest_run_ids()
+    assert sorted(run_lines(sweep_dir)) == sorted(manifest)  # each run trained once
+    assert sorted(trusted_records(sweep_dir)) == sorted(manifest)
+    cli = CliRunner().invoke(app, ["status", str(out)], env={"COLUMNS": "200"})
+    assert cli.exit_code == 0 and cli.stdout.count("\nround ") == len(sweep_dir.rounds()), cli.stdout
