@@ -38,11 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from powerlaw_cli.chains import chain_tokens, plan_chains  # noqa: E402
+from powerlaw_cli.collect import collect  # noqa: E402
 from powerlaw_cli.fit import fit_sweep, load_runs  # noqa: E402
 from powerlaw_cli.launch import launch  # noqa: E402
 from powerlaw_cli.rounds import launch_adaptive  # noqa: E402
 from powerlaw_cli.spec import load_sweep, tomllib  # noqa: E402
-from powerlaw_cli.store import SweepDir, collect  # noqa: E402
+from powerlaw_cli.store import SweepDir  # noqa: E402
 
 
 def adaptive_text(spec: Path) -> str:
@@ -139,8 +140,8 @@ def chains_at_once(work: Path, chains: int) -> list[dict]:
     """One task of ``chains`` demo-model chains: one at a time with every thread, or one per core at once."""
     import torch
 
-    from powerlaw_cli.config import LaunchConfig
     from powerlaw_cli.launch import submit
+    from powerlaw_cli.sweep_settings import LaunchConfig
     from powerlaw_cli.worker import run_task
 
     cores = len(os.sched_getaffinity(0))

@@ -127,11 +127,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AdaptiveSettings
 from .fit_cells import cell_curves, find_cell_optima, point_noise
 from .fit_laws import FitError, fit_law, parse_law, predict_law
 from .fit_optimum import normal_z
 from .store import json_ready
+from .sweep_settings import AdaptiveSettings
 
 LAW_BOOTSTRAP = 200  # resamples of each round's law: enough for a bracket's 95% interval, and fast
 LAW_FREE = (("batch_size", "tokens"), ("tokens",), ("batch_size",), ())  # free exponents, most first

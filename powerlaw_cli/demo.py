@@ -11,12 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .collect import CollectReport, collect
 from .export import export
 from .export_formats import write_schedule_png
 from .fit import FitError, run_fit
 from .launch import LaunchResult, launch
 from .spec import load_sweep
-from .store import CollectReport, SweepDir, collect
+from .store import SweepDir
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PAPER_LAW = "lr_opt = batch * 4.6 * T^-0.51"

@@ -30,7 +30,7 @@ from .fit_spec import UNITS as QUANTITY_UNITS
 from .store import json_ready
 
 if TYPE_CHECKING:
-    from .store import CollectReport
+    from .collect import CollectReport
 
 # fit.json I/O and predictions live in fit_io; they are part of this module's interface
 __all__ = [
@@ -432,7 +432,8 @@ def run_fit(
             )
         )
     else:
-        from .store import SweepDir, collect
+        from .collect import collect
+        from .store import SweepDir
 
         if SweepDir(source).exists():
             collected = collect(SweepDir(source))

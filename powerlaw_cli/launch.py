@@ -34,11 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
-from .config import LaunchConfig, stable_hash
+from .config import stable_hash
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
 from .store import SweepDir
+from .sweep_settings import LaunchConfig
 
 Executor = Literal["local", "slurm", "debug"]
 MANIFEST_KEY = b"plsweep.manifest"  # metadata: a hash of the runs and share_trunks it was written for

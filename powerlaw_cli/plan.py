@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .chains import chain_tokens, plan_chains
-from .config import LaunchConfig, RunConfig
+from .config import RunConfig
 from .launch import check_fits, pack_tasks
 from .slurm import ClusterLimits
 from .spec import Sweep
+from .sweep_settings import LaunchConfig
 
 
 @dataclass

@@ -13,8 +13,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .config import NO_LEGACY, SECTION_TYPES, LaunchConfig, field_types, settings_table
+from .config import NO_LEGACY, SECTION_TYPES, field_types, settings_table
 from .schema import CURVE_COLUMNS, RUN_COLUMNS
+from .sweep_settings import AdaptiveSettings, LaunchConfig
 
 
 def _toml(value: object) -> str:
@@ -53,12 +54,12 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
-def launch_markdown() -> str:
-    """The ``[launch]`` section: every field, its default and meaning."""
+def section_markdown(section_type: type) -> str:
+    """A sweep-file section such as ``[launch]``: every field, its default, values and meaning."""
     lines = ["| setting | default | values | meaning |", "|---|---|---|---|"]
-    for f in fields(LaunchConfig):
+    for f in fields(section_type):
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        values = values_of(field_types(LaunchConfig)[f.name])
+        values = values_of(field_types(section_type)[f.name])
         lines.append(f"| `{f.name}` | `{_toml(default)}` | {values} | {_cell(f.metadata['doc'])} |")
     return "\n".join(lines)
 
@@ -74,7 +75,8 @@ def tables() -> dict[str, str]:
     """Marker name -> generated markdown."""
     return {
         "settings": settings_markdown(),
-        "launch-settings": launch_markdown(),
+        "launch-settings": section_markdown(LaunchConfig),
+        "adaptive-settings": section_markdown(AdaptiveSettings),
         "runs-schema": columns_markdown(RUN_COLUMNS),
         "curves-schema": columns_markdown(CURVE_COLUMNS),
     }

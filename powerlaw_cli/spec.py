@@ -30,15 +30,14 @@ from typing import Any
 from .config import (
     SECTION_NAMES,
     SECTION_TYPES,
-    AdaptiveSettings,
     ConfigError,
-    LaunchConfig,
     RunConfig,
     coerce_section,
     section_from_dict,
     stable_hash,
 )
 from .schedules import build_schedule
+from .sweep_settings import AdaptiveSettings, LaunchConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

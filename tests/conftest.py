@@ -9,9 +9,9 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session-scoped Slurm cluster fixture)
 from tiny import TINY_MODEL
 
-from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
+from powerlaw_cli.sweep_settings import LaunchConfig
 
 TINY_SWEEP = (
     """

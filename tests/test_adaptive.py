@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from powerlaw_cli.adaptive import (
-    AdaptiveSettings,
     CellSpec,
     Observation,
     RoundPlan,
@@ -27,6 +26,7 @@ from powerlaw_cli.adaptive import (
     run_rounds,
 )
 from powerlaw_cli.config import ConfigError, section_from_dict
+from powerlaw_cli.sweep_settings import AdaptiveSettings
 
 DECAY = 0.2
 DEMO = {"batches": (8, 16, 32), "tokens": (131072, 262144, 524288)}

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from tiny import TINY_MODEL, record_paths, trusted_records
 
-from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.status import sweep_status
 from powerlaw_cli.store import SweepDir, SweepDirError
+from powerlaw_cli.sweep_settings import LaunchConfig
 
 SPEC = (
     """

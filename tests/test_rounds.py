@@ -12,12 +12,13 @@ from tiny import TINY_MODEL, trusted_records
 from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
-from powerlaw_cli.config import LaunchConfig
+from powerlaw_cli.collect import collect
 from powerlaw_cli.fit import fit_sweep, load_runs
 from powerlaw_cli.rounds import launch_adaptive
 from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.status import sweep_status
-from powerlaw_cli.store import SweepDir, collect
+from powerlaw_cli.store import SweepDir
+from powerlaw_cli.sweep_settings import LaunchConfig
 
 ADAPTIVE = (
     """[sweep]

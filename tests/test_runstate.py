@@ -13,14 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from tiny import TINY_MODEL, record_paths
 
-from powerlaw_cli.config import LaunchConfig, RunConfig, settings_table
+from powerlaw_cli.collect import collect
+from powerlaw_cli.config import RunConfig, settings_table
 from powerlaw_cli.fit import fit_sweep, load_runs
 from powerlaw_cli.fit_cells import cell_curves, grouping
 from powerlaw_cli.launch import launch
 from powerlaw_cli.schema import IDENTITY_COLUMNS, RUNS_SCHEMA, SETTING_COLUMNS
 from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.status import sweep_status
-from powerlaw_cli.store import SweepDir, collect
+from powerlaw_cli.store import SweepDir
+from powerlaw_cli.sweep_settings import LaunchConfig
 from powerlaw_cli.worker import run_task
 
 HEAVY = ("torch", "pandas", "scipy")

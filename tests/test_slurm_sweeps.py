@@ -33,11 +33,12 @@ from tiny import TINY_MODEL, record_paths, trusted_records
 from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
+from powerlaw_cli.collect import collect
 from powerlaw_cli.launch import LaunchResult, launch
 from powerlaw_cli.runner import train_standalone
 from powerlaw_cli.spec import Sweep, load_sweep
 from powerlaw_cli.status import sweep_status
-from powerlaw_cli.store import SweepDir, collect
+from powerlaw_cli.store import SweepDir
 
 pytestmark = pytest.mark.slurm
 

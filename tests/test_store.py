@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from tiny import record_paths
 
+from powerlaw_cli.collect import collect
 from powerlaw_cli.schema import CURVES_SCHEMA, RUNS_SCHEMA
-from powerlaw_cli.store import SweepDir, SweepDirError, collect
+from powerlaw_cli.store import SweepDir, SweepDirError
 
 
 def test_collect_has_every_run_exactly_once_with_the_typed_schema(tiny_sweep_dir):
