@@ -23,7 +23,12 @@ Uncertainty, as the std of log2 lr_opt (``sigma_log2``):
 
 - parabola methods: the delta method on the vertex -c1 / (2 c2) with the coefficient covariance from the
   per-seed loss noise ``noise_std`` (``fit.point_noise``: seeds, or pooled local-fit residuals), else the
-  window's own residuals (more than 3 points), else half a grid step; floored at a twentieth of a step.
+  window's own residuals (more than 3 points), else half a grid step. The noise is not the only error: on
+  a curve that rises faster above its optimum than below, the vertex is biased (measured above: up to 0.1
+  grid step with 3 points, 0.4 with 5 or the whole grid), and an interval of the noise alone then covers the
+  truth in 43-87% of cells instead of 95% (skews 0.3..0.8, 2 seeds, noise 0.001..0.004, x2 grid). So that
+  bias, ``PARABOLA_BIAS_STEPS`` (or ``WIDE_PARABOLA_BIAS_STEPS``) grid steps, is added in quadrature, which
+  restores 93-100% coverage in the same measurement.
 - argmin: step / sqrt(12), the std of a uniform error over one grid step; band: the same or the
   uniform std over the band's range, whichever is larger.
 
@@ -48,6 +53,10 @@ from typing import Literal, get_args
 import numpy as np
 
 OptimumMethod = Literal["parabola", "band", "argmin", "parabola_grid"]
+PARABOLA_BIAS_STEPS = 0.1
+"""Bias of a 3-point vertex on skewed loss curves, in grid steps: a model error added to its sigma_log2."""
+WIDE_PARABOLA_BIAS_STEPS = 0.4
+"""The same for a vertex fitted on 5 or more points (wider windows are more biased)."""
 METHODS: tuple[str, ...] = get_args(OptimumMethod)
 
 
@@ -210,7 +219,9 @@ def _parabola(x, y, n, i, lo, hi, step, noise_std, method, base) -> Optimum:
         sigma, sigma_method, loss_sigma = step / 2, "half grid step (noise unknown)", math.nan
     else:  # delta method: gradients of the vertex -c1/(2 c2) and of its value c0 - c1^2/(4 c2)
         grad = np.array([c1 / (2 * c2**2), -1 / (2 * c2), 0.0])
-        sigma, sigma_method = max(math.sqrt(max(float(grad @ cov @ grad), 0.0)), step / 20), how
+        bias = step * (PARABOLA_BIAS_STEPS if hi - lo == 2 else WIDE_PARABOLA_BIAS_STEPS)
+        sigma = math.sqrt(max(float(grad @ cov @ grad), 0.0) + bias**2)
+        sigma_method = f"{how}, with the window's bias on skewed curves"
         grad_value = np.array([c1**2 / (4 * c2**2), -c1 / (2 * c2), 1.0])
         loss_sigma = math.sqrt(max(float(grad_value @ cov @ grad_value), 0.0))
     base = base | {"loss_sigma": loss_sigma}

@@ -17,7 +17,7 @@ import pytest
 from powerlaw_cli.fit import FitError, fit_sweep, predict, predict_all, read_fit, write_fit
 from powerlaw_cli.fit_data import load_runs
 from powerlaw_cli.fit_laws import fit_law, parse_law
-from powerlaw_cli.fit_optimum import find_optimum
+from powerlaw_cli.fit_optimum import PARABOLA_BIAS_STEPS, find_optimum
 from powerlaw_cli.plots import fit_figures
 
 GRID = 2.0 ** np.arange(-16, 0)  # x2 LR grid, 1.5e-5 .. 0.5
@@ -268,15 +268,24 @@ def test_centred_parabola_is_less_biased_than_whole_grid_parabola(shape, grid):
     assert mean["parabola_5"] > mean["parabola"], mean  # why the default window is 3 points
 
 
-def test_parabola_uncertainty_comes_from_noise_and_is_calibrated():
+@pytest.mark.parametrize("skew", [0.0, 0.5, 0.8])
+def test_parabola_interval_covers_the_truth_on_symmetric_and_skewed_curves(skew):
+    """The 95% interval (noise and the window's bias on skewed curves) covers the optimum in ~95% of noisy
+    draws or more, and on a symmetric curve is no wider than the actual spread and that bias together."""
     rng = np.random.default_rng(0)
-    lrs, loss = _curve(0.3, -4, 4, lambda d: d**2)
-    z = []
+    shape = (lambda d: d**2) if skew == 0 else (lambda d: bowl(d, skew))
+    errors, sigmas = [], []
     for _ in range(300):
+        offset = rng.uniform(-0.5, 0.5)  # anywhere between grid points
+        lrs, loss = _curve(offset, -4, 4, shape)
         opt = find_optimum(lrs, loss + rng.normal(0, 0.004, len(loss)), noise_std=0.004)
-        z.append((math.log2(opt.lr_opt) - 0.3) / opt.sigma_log2)
-    assert opt.sigma_method == "parabola covariance (seed noise)"
-    assert 0.8 < np.median(np.abs(z)) / 0.6745 < 1.25  # the reported sigma is the actual spread
+        errors.append(math.log2(opt.lr_opt) - offset)
+        sigmas.append(opt.sigma_log2)
+    errors, sigmas = np.array(errors), np.array(sigmas)
+    assert opt.sigma_method == "parabola covariance (seed noise), with the window's bias on skewed curves"
+    assert np.mean(np.abs(errors) <= 1.96 * sigmas) >= 0.93
+    if skew == 0:
+        assert np.median(sigmas) <= 1.2 * math.sqrt(np.std(errors) ** 2 + PARABOLA_BIAS_STEPS**2)
     assert find_optimum(lrs[3:6], loss[3:6]).sigma_method == "half grid step (noise unknown)"
 
 
