@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
 from powerlaw_cli.schedules import WSDSchedule
-from powerlaw_cli.synthetic import batch_opt_tokens, loss, lr_opt, steplaw_table
+from powerlaw_cli.synthetic import SEQ_LEN, batch_opt_tokens, loss, lr_opt, steplaw_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_RUN = [
@@ -264,20 +264,25 @@ def their_table(tmp_path_factory) -> Path:
     return path
 
 
+THEIR_COLUMNS = (
+    "--col",
+    "lr=peak_lr",
+    "--col",
+    "batch_size=bs",
+    "--col",
+    "tokens=train_tokens",
+    "--loss-column",
+    "eval/loss",
+)
+
+
 @pytest.fixture(scope="module")
 def their_fit(their_table) -> Path:
     out = their_table.parent / "fit"
     code, _, err = invoke(
         "fit",
         their_table,
-        "--col",
-        "lr=peak_lr",
-        "--col",
-        "batch_size=bs",
-        "--col",
-        "tokens=train_tokens",
-        "--loss-column",
-        "eval/loss",
+        *THEIR_COLUMNS,
         "--bootstrap",
         "100",
         "--out",
@@ -314,7 +319,7 @@ STEPLAW_COLUMNS = (
     "--batch-unit",
     "tokens",
     "--seq-len",
-    "2048",
+    str(SEQ_LEN),
 )
 
 
@@ -329,14 +334,7 @@ def test_fit_json_output_and_predict(their_table, tmp_path):
     code, out, _ = invoke(
         "fit",
         their_table,
-        "--col",
-        "lr=peak_lr",
-        "--col",
-        "batch_size=bs",
-        "--col",
-        "tokens=train_tokens",
-        "--loss-column",
-        "eval/loss",
+        *THEIR_COLUMNS,
         "--bootstrap",
         "50",
         "--predict",

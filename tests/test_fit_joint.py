@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import invoke
+from test_cli import STEPLAW_COLUMNS, invoke
 
 from powerlaw_cli import synthetic
 from powerlaw_cli.fit import FitError, fit_sweep
@@ -18,20 +18,6 @@ from powerlaw_cli.fit_data import prepare_runs
 from powerlaw_cli.fit_joint import joint_optima
 
 COLUMNS = {"N": "N", "D": "D", "batch": "bs"}
-STEPLAW_ARGS = [
-    "--col",
-    "N=N",
-    "--col",
-    "D=D",
-    "--col",
-    "batch=bs",
-    "--loss-column",
-    "smooth loss",
-    "--batch-unit",
-    "tokens",
-    "--seq-len",
-    str(synthetic.SEQ_LEN),
-]
 LAWS = ["--law", "lr_opt ~ N + D", "--law", "batch_opt ~ D", "--law", "loss ~ N + D"]
 
 
@@ -82,7 +68,7 @@ def test_one_fit_command_recovers_every_law_of_a_steplaw_table(tmp_path):
         code, out, err = invoke(
             "fit",
             path,
-            *STEPLAW_ARGS,
+            *STEPLAW_COLUMNS,
             *LAWS,
             "--bootstrap",
             "60",
