@@ -136,8 +136,20 @@ def compare(spec: Path, work: Path, workers: int) -> list[dict]:
     return rows
 
 
+SHAPES = {  # model shapes of the chains-at-once figures, and a budget that takes seconds per run here
+    "width 32, 2 blocks (the demo's)": {"training.tokens": 65536},
+    "width 256, 4 blocks": {
+        "model.width": 256,
+        "model.depth": 4,
+        "model.n_heads": 4,
+        "training.tokens": 32768,
+    },
+}
+
+
 def chains_at_once(work: Path, chains: int) -> list[dict]:
-    """One task of ``chains`` demo-model chains: one at a time with every thread, or one per core at once."""
+    """One task of ``chains`` chains of each shape: one at a time with every core's threads, or one chain
+    per core at once with one thread each; runs per CPU-second and per wall second of each."""
     import torch
 
     from powerlaw_cli.launch import submit
@@ -145,42 +157,42 @@ def chains_at_once(work: Path, chains: int) -> list[dict]:
     from powerlaw_cli.worker import run_task
 
     cores = len(os.sched_getaffinity(0))
-    text = (ROOT / "sweeps" / "demo.toml").read_text()
-    spec = work / "chains.toml"
-    spec.write_text(text.replace('name = "demo"', 'name = "chains"'))
-    sweep = load_sweep(spec)
-    smallest = min(run.training.tokens for run in sweep.runs)
-    sweep = dataclasses.replace(sweep, runs=[r for r in sweep.runs if r.training.tokens == smallest][:chains])
-    source = SweepDir(work / "chains-source")  # one task of every chain, written but not run
-    with source.launch_lock():
-        submit(source, sweep, "local", LaunchConfig(runs_per_task=chains)).live.close()
+    base = load_sweep(ROOT / "sweeps" / "demo.toml")
     rows = []
-    for at_once, threads in ((1, cores), (cores, 1)):
-        copy = work / f"chains-{at_once}"
-        if copy.exists():
-            shutil.rmtree(copy)
-        shutil.copytree(
-            source.root, copy, ignore=shutil.ignore_patterns("runs", "curves", "checkpoints", "*.index.json")
-        )
-        torch.set_num_threads(threads)
-        cpu0, wall0 = os.times(), time.monotonic()
-        run_task(copy, 0, 0, at_once=at_once, threads=threads)
-        cpu1, wall = os.times(), time.monotonic() - wall0
-        cpu = (cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system) - (
-            cpu0.user + cpu0.system + cpu0.children_user + cpu0.children_system
-        )
-        rows.append(
-            {
-                "chains_at_once": at_once,
-                "threads_each": threads,
-                "runs": len(sweep.runs),
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "runs_per_cpu_s": len(sweep.runs) / cpu,
-                "runs_per_wall_s": len(sweep.runs) / wall,
-            }
-        )
-        print(rows[-1], flush=True)
+    for shape, overrides in SHAPES.items():
+        smallest = min(run.training.tokens for run in base.runs)
+        runs = [r.replace(overrides) for r in base.runs if r.training.tokens == smallest][:chains]
+        sweep = dataclasses.replace(base, name="chains", runs=runs)
+        source = SweepDir(work / f"chains-{len(rows)}")  # one task of every chain, written but not run
+        with source.launch_lock():
+            submit(source, sweep, "local", LaunchConfig(runs_per_task=chains)).live.close()
+        for at_once, threads in ((1, cores), (cores, 1)):
+            copy = work / f"chains-{len(rows)}-{at_once}"
+            shutil.copytree(
+                source.root,
+                copy,
+                ignore=shutil.ignore_patterns("runs", "curves", "checkpoints", "*.index.json"),
+            )
+            torch.set_num_threads(threads)
+            cpu0, wall0 = os.times(), time.monotonic()
+            run_task(copy, 0, 0, at_once=at_once, threads=threads)
+            cpu1, wall = os.times(), time.monotonic() - wall0
+            cpu = sum(cpu1[:4]) - sum(cpu0[:4])  # user, system, children's user and system
+            flops = runs[0].model.flops_per_token
+            rows.append(
+                {
+                    "shape": shape,
+                    "flops_per_token": flops,
+                    "chains_at_once": at_once,
+                    "threads_each": threads,
+                    "runs": len(runs),
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "runs_per_cpu_s": len(runs) / cpu,
+                    "runs_per_wall_s": len(runs) / wall,
+                }
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -190,7 +202,10 @@ def main() -> None:
         "--spec", type=Path, action="append", help="sweep files to compare (default: the demo)"
     )
     parser.add_argument("--workers", type=int, default=2, help="local workers")
-    parser.add_argument("--chains", type=int, default=12, help="chains in the chains-at-once task")
+    parser.add_argument(
+        "--chains", type=int, default=8, help="chains in the chains-at-once task (0: skip it)"
+    )
+    parser.add_argument("--no-compare", action="store_true", help="only the chains-at-once figures")
     parser.add_argument("--work", type=Path, default=Path("/tmp/plsweep-bench-compute"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -198,7 +213,7 @@ def main() -> None:
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     figures = {"compare": {}, "chains_at_once": []}
-    for spec in args.spec or [ROOT / "sweeps" / "demo.toml"]:
+    for spec in [] if args.no_compare else args.spec or [ROOT / "sweeps" / "demo.toml"]:
         rows = compare(spec.resolve(), args.work, args.workers)
         figures["compare"][spec.name] = rows
         alone, trunks, adaptive = (row["flops"] for row in rows)
@@ -207,7 +222,8 @@ def main() -> None:
             f"trunks = {adaptive / trunks:.3f}; trunks / alone = {trunks / alone:.3f}",
             flush=True,
         )
-    figures["chains_at_once"] = chains_at_once(args.work, args.chains)
+    if args.chains:
+        figures["chains_at_once"] = chains_at_once(args.work, args.chains)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=str))
 

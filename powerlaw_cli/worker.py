@@ -41,9 +41,10 @@ def is_result(sweep: SweepDir, run_id: str, redo_failed: bool = True) -> bool:
     return isinstance(record, dict) and (record["status"] != "failed" or not redo_failed)
 
 
-SMALL_MODEL_FLOPS_PER_TOKEN = 2e7
-"""Below this many training FLOPs per token a proxy is bound by per-op overhead, not arithmetic: one thread
-per chain and one chain per CPU trains more runs per CPU-second than all threads on one chain (bench/)."""
+SMALL_MODEL_FLOPS_PER_TOKEN = 1e8
+"""Below this many training FLOPs per token a proxy is bound by per-op overhead, not arithmetic: one thread per
+chain and one chain per CPU train more runs per CPU-second than every thread on one chain (bench/bench_compute.py:
+22x at 2.5e5 and 6.4x at 2e7 FLOPs per token on a shared 2-core machine)."""
 
 
 def chains_at_once(setting: int, cpus: int, runs: list[RunConfig]) -> int:
