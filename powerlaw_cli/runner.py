@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo  # noqa: F401 - torch.optim imports it at the first optimizer (~1-2 s): at startup, not in a run
 
 from . import __version__
 from .chains import Chain, fork_step, plan_chains

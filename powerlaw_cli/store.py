@@ -53,11 +53,12 @@ class SweepDirError(PlsweepError):
     """The directory is not a sweep directory, or belongs to another sweep."""
 
 
-def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], durable: bool = True) -> None:
     """Write ``path`` so that readers see the old file or the new one, never a part.
 
     ``data`` is the bytes, or a function that writes into the open binary file (e.g. a Parquet writer).
-    The file goes to a temporary name in the same folder, is flushed to disk, then renamed over ``path``.
+    The file goes to a temporary name in the same folder, is flushed to disk (unless not ``durable``: a
+    file whose loss after a machine crash costs nothing that matters), then renamed over ``path``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -68,7 +69,8 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
             else:
                 data(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,12 +107,16 @@ def write_run_files(
 ) -> None:
     """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
 
-    The record comes last: its existence means the run is finished (``plsweep train`` uses this too).
+    The record comes last: its existence means the run is finished (``plsweep train`` uses this too). The
+    record is flushed to disk before it is renamed into place; the curve is not waited for (a curve lost to
+    a machine crash is reported by ``collect`` and costs the curve, not the result).
     """
     if curve:
         rows = [{**row, "run_id": record["run_id"]} for row in curve]
         table = pa.Table.from_pylist(rows, schema=CURVES_SCHEMA)
-        atomic_write(curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"))
+        atomic_write(
+            curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"), durable=False
+        )
     atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
 
 
