@@ -27,6 +27,7 @@ from .fit_spec import (
     MAX_EXPONENT_CI_WIDTH,
     FitError,
     LawSpec,
+    bootstrap_record,
     bootstrap_warnings,
     canonical,
     few_points_warnings,
@@ -121,15 +122,7 @@ def _fit_power(points, spec, robust, huber_scale, sigma_column, n_boot, seed, ci
         "data": {c: points[c].astype(float).tolist() for c in (spec.y, *spec.variables)},
         "residuals_ln": [float(r) for r in resid],
         "ranges": {v: [float(points[v].min()), float(points[v].max())] for v in spec.variables},
-        "bootstrap": {
-            "n": n_boot,
-            "n_ok": len(boot),
-            "seed": seed,
-            "ci": ci,
-            "resampled": id_column + "s",
-            "names": names,
-            "samples": np.round(boot, 6).tolist(),
-        },
+        "bootstrap": bootstrap_record(boot, n_boot, seed, ci, id_column, names, decimals=6),
     }
     law["warnings"] = _warnings(points, spec, law, len(names))
     law["poorly_determined"] = bool(law["warnings"])

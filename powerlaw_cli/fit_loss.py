@@ -29,6 +29,7 @@ from .fit_spec import (
     MAX_EXPONENT_CI_WIDTH,
     FitError,
     LawSpec,
+    bootstrap_record,
     bootstrap_warnings,
     few_points_warnings,
     law_data,
@@ -109,15 +110,7 @@ def fit_loss_law(
             "optimized_starts": N_STARTS,
             "converged": converged,
         },
-        "bootstrap": {
-            "n": n_boot,
-            "n_ok": len(boot),
-            "seed": seed,
-            "ci": ci,
-            "resampled": id_column + "s",
-            "names": _names(spec.variables),
-            "samples": np.round(boot, 8).tolist(),
-        },
+        "bootstrap": bootstrap_record(boot, n_boot, seed, ci, id_column, _names(spec.variables), decimals=8),
     }
     law["warnings"] = _warnings(law, len(theta))
     law["poorly_determined"] = bool(law["warnings"])

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+import numpy as np
+
 from .errors import PlsweepError
 
 ALIASES = {
@@ -209,6 +211,22 @@ def few_points_warnings(n_points: int, n_coef: int) -> list[str]:
     if n_points < CELLS_PER_PARAMETER * n_coef:
         return [f"few points: {n_points} for {n_coef} coefficients (want >= {CELLS_PER_PARAMETER * n_coef})"]
     return []
+
+
+def bootstrap_record(
+    samples, n_boot: int, seed: int, ci: float, id_column: str, names: list[str], decimals: int
+) -> dict:
+    """The ``bootstrap`` entry of a law record: what was resampled, how often it fitted, and the draws of
+    the coefficients ``names`` (rounded to ``decimals``)."""
+    return {
+        "n": n_boot,
+        "n_ok": len(samples),
+        "seed": seed,
+        "ci": ci,
+        "resampled": id_column + "s",
+        "names": names,
+        "samples": np.round(samples, decimals).tolist(),
+    }
 
 
 def bootstrap_warnings(boot: dict) -> list[str]:
