@@ -16,11 +16,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import CURVES_SCHEMA, RUNS_SCHEMA
+from .config import RunConfig
+from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, RUNS_SCHEMA, setting_values
 from .store import RecordProblem, SweepDir, read_table, write_table
 
-RECORD_KEYS = b"plsweep.record_keys"
-"""Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from."""
+RECORD_KEYS = b"plsweep.record_keys.2"
+"""Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from.
+Its suffix changes when rows are built differently from the same records (2: settings derived from the
+config), so a table written before is rebuilt once rather than trusted."""
 
 
 def read_curve(path: Path) -> pa.Table:
@@ -50,7 +53,22 @@ def _table_keys(path: Path, expected: pa.Schema) -> dict[str, str] | None:
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as a runs-table row. A record written before a run-id setting became a column (an older
+    plsweep) gets that column from its config, so old and new records of one setting share one cell."""
     row = {name: record.get(name) for name in RUNS_SCHEMA.names}
+    if record.get("config") is not None and any(c not in record for c in IDENTITY_COLUMNS):
+        config = record["config"]
+        try:
+            derived = setting_values(
+                RunConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
+            )
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+        ):  # a config this plsweep cannot read: columns stay null
+            derived = {}
+        row |= {name: value for name, value in derived.items() if name not in record and name in row}
     for name in ("started_at", "finished_at"):
         if row[name] is not None:
             row[name] = datetime.fromisoformat(row[name])

@@ -132,3 +132,23 @@ def test_sweep_dir_is_owner_only_and_refuses_another_spec(tmp_path):
         sweep.create("x = 2", "s", "hash-b")
     with pytest.raises(SweepDirError, match="not a sweep directory"):
         SweepDir(tmp_path).info()
+
+
+def test_a_record_from_before_a_setting_was_a_column_gets_it_from_its_config(tiny_sweep_dir):
+    """An older plsweep wrote no column for some run-id settings: collect derives them from the record's
+    config, so its row equals a new record's and the fit puts old and new runs of one cell together."""
+    sweep = SweepDir(tiny_sweep_dir)
+    collect(sweep)
+    before = pd.read_parquet(tiny_sweep_dir / "runs.parquet").set_index("run_id")
+    path = record_paths(sweep)[0]
+    record = json.loads(path.read_text())
+    for column in ("synthetic_seed", "weight_decay_rule", "decay_points", "mlp_ratio"):
+        del record[column]
+    path.write_text(json.dumps(record))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert collect(sweep).new == 1
+    after = pd.read_parquet(tiny_sweep_dir / "runs.parquet").set_index("run_id")
+    row = after.loc[record["run_id"]]
+    for column in ("synthetic_seed", "weight_decay_rule", "decay_points", "mlp_ratio"):
+        assert row[column] == before.loc[record["run_id"], column], column
+    assert not after.drop(columns="config").compare(before.drop(columns="config")).size
