@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (the whole job on this machine) and `make test`.
+# The two commands of the README: `make demo` (the whole job on this machine) and `make test` (the tree's
+# format and lint, then the test suite).
 # Both create ./.venv on first use: torch 2.13.0 unless the venv has a torch already (a GPU user installs
 # their own build into it beforehand; pyproject only asks for a range), then this package with its test extra.
 
@@ -22,6 +23,8 @@ demo: setup
 	$(BIN)/plsweep demo
 
 test: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Debian packages of the one-node Slurm cluster the Slurm tests start (root only; without them those tests skip).

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from powerlaw_cli.chains import _schedule
 from powerlaw_cli.config import ModelConfig, RunConfig
 from powerlaw_cli.data import load_source
+from powerlaw_cli.runner import _schedule
 from powerlaw_cli.train import Trajectory
 
 
@@ -66,13 +66,20 @@ class Shape:
     micro_batch_size: int = 0  # 0: the whole batch in one forward/backward
 
     def run_config(self, data: str) -> RunConfig:
-        return RunConfig().replace({
-            "model.width": self.width, "model.depth": self.depth, "model.n_heads": self.n_heads,
-            "model.seq_len": self.seq_len, "training.batch_size": self.batch_size,
-            "training.micro_batch_size": self.micro_batch_size, "training.device": "cpu",
-            # A budget far beyond the benchmark keeps the WSD schedule in its stable phase: a real LR, no decay to 0.
-            "training.tokens": 10**12, "data.source": data,
-        })
+        return RunConfig().replace(
+            {
+                "model.width": self.width,
+                "model.depth": self.depth,
+                "model.n_heads": self.n_heads,
+                "model.seq_len": self.seq_len,
+                "training.batch_size": self.batch_size,
+                "training.micro_batch_size": self.micro_batch_size,
+                "training.device": "cpu",
+                # A budget far beyond the benchmark keeps the WSD schedule in its stable phase: a real LR, no decay to 0.
+                "training.tokens": 10**12,
+                "data.source": data,
+            }
+        )
 
 
 SHAPES = {
@@ -129,7 +136,9 @@ class PlainAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (
+            t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
         if cos is not None:
             q, k = rope(q, cos, sin), rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hs)
@@ -198,12 +207,16 @@ class PlainGPT(nn.Module):
 class PlainTrainer:
     """nanoGPT's loop: AdamW with decay / no-decay groups and a constant LR, grad clip 1, cycled batches."""
 
-    def __init__(self, model: PlainGPT, batches: list[tuple[torch.Tensor, torch.Tensor]], run: RunConfig) -> None:
+    def __init__(
+        self, model: PlainGPT, batches: list[tuple[torch.Tensor, torch.Tensor]], run: RunConfig
+    ) -> None:
         self.model, self.batches, self.step = model, batches, 0
         opt = run.optimizer
         params = list(model.parameters())
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         # fused/foreach left at their defaults, as nanoGPT on a CPU and as plsweep: the same AdamW kernel.
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
         self.grad_clip = opt.grad_clip
@@ -252,7 +265,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def bench_shape(shape: Shape, threads: list[int], plan: Plan, data: str, log: Callable[[str], None]) -> list[dict]:
+def bench_shape(
+    shape: Shape, threads: list[int], plan: Plan, data: str, log: Callable[[str], None]
+) -> list[dict]:
     """Interleaved rounds of plsweep step, plain step, matmul, data batch (and eval) at each thread count."""
     run = shape.run_config(data)
     source = load_source(run.data, run.model.vocab_size, run.model.seq_len)
@@ -274,7 +289,13 @@ def bench_shape(shape: Shape, threads: list[int], plan: Plan, data: str, log: Ca
     for n_threads in threads:
         torch.set_num_threads(n_threads)
         # Warm-up: first calls at a thread count pay for allocations, oneDNN primitive creation, thread pools.
-        for fn in (traj.train_step, plain.train_step, traj.train_step, plain.train_step, lambda: torch.mm(a, b)):
+        for fn in (
+            traj.train_step,
+            plain.train_step,
+            traj.train_step,
+            plain.train_step,
+            lambda: torch.mm(a, b),
+        ):
             fn()
         samples: dict[str, list[float]] = {"plsweep": [], "plain": [], "matmul": [], "data": [], "eval": []}
         steps = {"plsweep": traj.train_step, "plain": plain.train_step}
@@ -283,32 +304,47 @@ def bench_shape(shape: Shape, threads: list[int], plan: Plan, data: str, log: Ca
             for name in ("plsweep", "plain") if r % 2 == 0 else ("plain", "plsweep"):
                 samples[name].append(seconds_per_call(steps[name], plan.block_seconds))
             samples["matmul"].append(seconds_per_call(lambda: torch.mm(a, b), plan.block_seconds / 2))
-            samples["data"].append(seconds_per_call(
-                lambda: source.train_batch(run.training.seed, next(data_steps), shape.batch_size), 0.02, 5))
+            samples["data"].append(
+                seconds_per_call(
+                    lambda: source.train_batch(run.training.seed, next(data_steps), shape.batch_size), 0.02, 5
+                )
+            )
             if r < plan.eval_rounds:
                 samples["eval"].append(seconds_per_call(traj.evaluate, 0.0))
         step_ours, step_plain = median(samples["plsweep"]), median(samples["plain"])
         peak = matmul_flop / median(samples["matmul"])
         ratios = [o / p for o, p in zip(samples["plsweep"], samples["plain"], strict=True)]
         row = {
-            "shape": shape.name, **asdict(shape), "threads": n_threads,
-            "params_non_embedding": traj.model.params_non_embedding, "flops_per_token": flops_per_token,
-            "batch_tokens": batch_tokens, "initial_loss": initial_loss,
-            "step_seconds": step_ours, "plain_step_seconds": step_plain,
-            "tokens_per_second": batch_tokens / step_ours, "plain_tokens_per_second": batch_tokens / step_plain,
-            "step_ratio": median(ratios), "step_ratio_min": min(ratios), "step_ratio_max": max(ratios),
+            "shape": shape.name,
+            **asdict(shape),
+            "threads": n_threads,
+            "params_non_embedding": traj.model.params_non_embedding,
+            "flops_per_token": flops_per_token,
+            "batch_tokens": batch_tokens,
+            "initial_loss": initial_loss,
+            "step_seconds": step_ours,
+            "plain_step_seconds": step_plain,
+            "tokens_per_second": batch_tokens / step_ours,
+            "plain_tokens_per_second": batch_tokens / step_plain,
+            "step_ratio": median(ratios),
+            "step_ratio_min": min(ratios),
+            "step_ratio_max": max(ratios),
             "achieved_gflops": flops_per_token * batch_tokens / step_ours / 1e9,
             "matmul_gflops": peak / 1e9,
             "mfu": flops_per_token * batch_tokens / step_ours / peak,
             "plain_mfu": flops_per_token * batch_tokens / step_plain / peak,
-            "data_seconds": median(samples["data"]), "data_fraction": median(samples["data"]) / step_ours,
-            "eval_seconds": median(samples["eval"]), "eval_fraction": median(samples["eval"]) / step_ours,
+            "data_seconds": median(samples["data"]),
+            "data_fraction": median(samples["data"]) / step_ours,
+            "eval_seconds": median(samples["eval"]),
+            "eval_fraction": median(samples["eval"]) / step_ours,
             "eval_tokens": source.val_sequences * run.model.seq_len,
             "samples": samples,
         }
         rows.append(row)
-        log(f"{shape.name:>6} x{n_threads}: {row['tokens_per_second']:8.0f} tok/s, "
-            f"ratio {row['step_ratio']:.3f}, MFU {row['mfu']:.1%}")
+        log(
+            f"{shape.name:>6} x{n_threads}: {row['tokens_per_second']:8.0f} tok/s, "
+            f"ratio {row['step_ratio']:.3f}, MFU {row['mfu']:.1%}"
+        )
     return rows
 
 
@@ -318,20 +354,36 @@ def bench_shape(shape: Shape, threads: list[int], plan: Plan, data: str, log: Ca
 def results_table(rows: list[dict]) -> Table:
     table = Table(title="plsweep proxy step on this CPU (medians of interleaved rounds)")
     columns = {  # header: help for the caption; the first three left-aligned
-        "thr": "torch threads", "shape": "", "W/D/T/B": "width/depth/seq_len/batch",
-        "tok/s": "plsweep train_step", "plain tok/s": "the plain loop", "ratio": "plsweep / plain step time",
-        "range": "of the per-round ratios", "GFLOP/s": "plsweep, achieved", "peak": "matmul GFLOP/s",
-        "MFU": "", "data": "train_batch / step", "eval": "eval pass, in steps",
+        "thr": "torch threads",
+        "shape": "",
+        "W/D/T/B": "width/depth/seq_len/batch",
+        "tok/s": "plsweep train_step",
+        "plain tok/s": "the plain loop",
+        "ratio": "plsweep / plain step time",
+        "range": "of the per-round ratios",
+        "GFLOP/s": "plsweep, achieved",
+        "peak": "matmul GFLOP/s",
+        "MFU": "",
+        "data": "train_batch / step",
+        "eval": "eval pass, in steps",
     }
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i < 3 else "right", no_wrap=True)
     for r in rows:
         micro = f" mb{r['micro_batch_size']}" if r["micro_batch_size"] else ""
         table.add_row(
-            str(r["threads"]), r["shape"], f"{r['width']}/{r['depth']}/{r['seq_len']}/{r['batch_size']}{micro}",
-            f"{r['tokens_per_second']:,.0f}", f"{r['plain_tokens_per_second']:,.0f}", f"{r['step_ratio']:.3f}",
-            f"{r['step_ratio_min']:.2f}-{r['step_ratio_max']:.2f}", f"{r['achieved_gflops']:.1f}",
-            f"{r['matmul_gflops']:.1f}", f"{r['mfu']:.1%}", f"{r['data_fraction']:.2%}", f"{r['eval_fraction']:.1f}",
+            str(r["threads"]),
+            r["shape"],
+            f"{r['width']}/{r['depth']}/{r['seq_len']}/{r['batch_size']}{micro}",
+            f"{r['tokens_per_second']:,.0f}",
+            f"{r['plain_tokens_per_second']:,.0f}",
+            f"{r['step_ratio']:.3f}",
+            f"{r['step_ratio_min']:.2f}-{r['step_ratio_max']:.2f}",
+            f"{r['achieved_gflops']:.1f}",
+            f"{r['matmul_gflops']:.1f}",
+            f"{r['mfu']:.1%}",
+            f"{r['data_fraction']:.2%}",
+            f"{r['eval_fraction']:.1f}",
         )
     return table
 
@@ -346,32 +398,49 @@ def scaling_lines(rows: list[dict], threads: list[int]) -> list[str]:
     for shape in dict.fromkeys(r["shape"] for r in rows):
         one, many = by_key.get((shape, lo)), by_key.get((shape, hi))
         if one and many:
-            lines.append(f"{shape}: {many['tokens_per_second'] / one['tokens_per_second']:.2f}x tokens/s, "
-                         f"matmul {many['matmul_gflops'] / one['matmul_gflops']:.2f}x")
+            lines.append(
+                f"{shape}: {many['tokens_per_second'] / one['tokens_per_second']:.2f}x tokens/s, "
+                f"matmul {many['matmul_gflops'] / one['matmul_gflops']:.2f}x"
+            )
     return [f"{hi} threads over {lo}: " + "; ".join(lines)]
 
 
 def environment() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            # How idle OpenMP threads wait: on a shared machine it decides whether more threads help (see docstring).
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-            "load_average_start": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        # How idle OpenMP threads wait: on a shared machine it decides whether more threads help (see docstring).
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "load_average_start": os.getloadavg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 shapes, fewer rounds: about 1 minute")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure (and raw samples) here")
-    parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}",
-                        help="comma-separated thread counts (default: 1 and all cores)")
-    parser.add_argument("--data", choices=("synthetic", "stdlib"), default="synthetic", help="plsweep's data source")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write every figure (and raw samples) here"
+    )
+    parser.add_argument(
+        "--threads",
+        default=f"1,{os.cpu_count() or 1}",
+        help="comma-separated thread counts (default: 1 and all cores)",
+    )
+    parser.add_argument(
+        "--data", choices=("synthetic", "stdlib"), default="synthetic", help="plsweep's data source"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     threads = sorted({int(t) for t in args.threads.split(",")})
@@ -379,13 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=150)  # piped to a file: keep the table's columns whole
     env = environment()
-    console.print(f"[bold]plsweep bench[/]: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
-                  f"threads {threads}, data {args.data}, OMP_WAIT_POLICY {env['omp_wait_policy']}, "
-                  f"load average {env['load_average_start'][0]:.2f}")
+    console.print(
+        f"[bold]plsweep bench[/]: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
+        f"threads {threads}, data {args.data}, OMP_WAIT_POLICY {env['omp_wait_policy']}, "
+        f"load average {env['load_average_start'][0]:.2f}"
+    )
     started = time.perf_counter()
     rows = []
     for name in plan.shapes:
-        rows += bench_shape(SHAPES[name], threads, plan, args.data, lambda line: console.print(line, style="dim"))
+        rows += bench_shape(
+            SHAPES[name], threads, plan, args.data, lambda line: console.print(line, style="dim")
+        )
     env["load_average_end"] = os.getloadavg()
     env["wall_seconds"] = time.perf_counter() - started
     console.print(results_table(rows))
@@ -397,9 +470,17 @@ def main(argv: list[str] | None = None) -> int:
         f"matmul = fp32 torch.mm {plan.matmul_size}^2; data = one train_batch; eval = one pass over the "
         f"validation set ({rows[0]['eval_tokens']:,} tokens for {rows[0]['shape']}), in plsweep steps. "
         f"Load average {env['load_average_start'][0]:.2f} -> {env['load_average_end'][0]:.2f}; "
-        f"{env['wall_seconds']:.0f} s.", style="dim")
+        f"{env['wall_seconds']:.0f} s.",
+        style="dim",
+    )
     if args.json:
-        report = {"environment": env, "plan": asdict(plan), "argv": sys.argv, "data": args.data, "results": rows}
+        report = {
+            "environment": env,
+            "plan": asdict(plan),
+            "argv": sys.argv,
+            "data": args.data,
+            "results": rows,
+        }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"wrote {args.json}")
     return 0

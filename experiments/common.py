@@ -2,8 +2,9 @@
 write tables, figures and results into docs/figures/.
 
 Every experiment goes through the same functions a user's sweep does (``spec.load_sweep``,
-``launch.launch`` with the local executor, ``store.collect``, ``fit.load_runs`` / ``fit.fit_sweep``), so
-a re-run skips the runs already recorded in its sweep directory (``results/experiments/NAME`` by default).
+``launch.launch`` with the local executor, ``collect.collect``, ``fit_data.load_runs``, and the fit
+pipeline ``fit.run_fit`` that ``plsweep fit`` runs), so a re-run skips the runs already recorded in its
+sweep directory (``results/experiments/NAME`` by default).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from powerlaw_cli.fit import load_runs
+from powerlaw_cli.collect import collect
+from powerlaw_cli.fit_data import load_runs
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
-from powerlaw_cli.store import SweepDir, collect, json_ready
+from powerlaw_cli.store import SweepDir, json_ready
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

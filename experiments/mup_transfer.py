@@ -1,12 +1,12 @@
 """Experiment 1, muP LR transfer: does the optimal LR stay put across widths 32..256 with muP, under each
 weight-decay rule, while it falls with sp? And does the answer change when training is 4x longer?
 
-    python experiments/mup_transfer.py --workers 1      # ~4.5 hours on one CPU core, 828 runs
+    python experiments/mup_transfer.py --workers 1      # ~2.5 hours on a 2-core CPU, 828 runs
 
 Main sweeps, the three files ``mup_coupled``, ``mup_independent`` and ``sp`` in experiments/mup_transfer/:
 3 seeds x 6 LRs x widths 32, 64, 128, 256 x budgets of 128, 256 and 512 steps each (the budgets of a
-setting share one WSD trunk). The horizon check, ``horizon.toml``: both muP rules at widths 32, 64, 256
-for 512, 1024 and 2048 steps, 2 seeds x 5 LRs. Per variant and budget, ``fit_sweep`` finds lr_opt per
+setting share one WSD trunk). The horizon check, ``horizon.toml``: both muP rules at widths 32, 64, 128
+for 512, 1024 and 2048 steps, 2 seeds x 5 LRs. Per variant and budget, ``run_fit`` (the pipeline of ``plsweep fit``) finds lr_opt per
 width (the seeds' mean loss per LR; their spread is the loss noise) and the transfer check (the shift of
 lr_opt over the width range, its 95% interval and verdict). Also reported: lr_opt of each seed on its
 own, the best loss per width, the plateau criterion (the loss curves must have left the initial plateau
@@ -31,7 +31,7 @@ from common import HERE, arguments, curves, fmt, markdown_table, run_sweep, writ
 
 from powerlaw_cli.config import RunConfig  # noqa: E402
 from powerlaw_cli.data import load_source  # noqa: E402
-from powerlaw_cli.fit import FitError, fit_sweep  # noqa: E402
+from powerlaw_cli.fit import FitError, run_fit  # noqa: E402
 from powerlaw_cli.plots import save  # noqa: E402
 from powerlaw_cli.spec import load_sweep  # noqa: E402
 
@@ -81,7 +81,7 @@ def main() -> None:
             variant_tables(results["variants"], entropy),
             f"At the base width the three variants are the same model; their final losses are identical bit for "
             f"bit: {results['base_width_identical']}.\n",
-            "## Horizon check (muP only, widths 32, 64, 256)\n",
+            "## Horizon check (muP only, widths 32, 64, 128)\n",
             variant_tables(results["horizon"], entropy),
             "Sweep wall time, hours (first start to last finish, one worker): "
             + ", ".join(f"{file} {hours:.2f}" for file, hours in spans.items())
@@ -136,10 +136,10 @@ def analyse(runs: pd.DataFrame, entropy: float) -> dict:
 
 
 def fit_budget(runs: pd.DataFrame) -> tuple[list[dict], dict, dict]:
-    """The cells (one per width), the transfer check and the loss noise of ``fit_sweep`` on one budget.
+    """The cells (one per width), the transfer check and the loss noise of ``run_fit`` on one budget.
     When it cannot fit (fewer than 3 usable widths), every width is reported excluded with the reason."""
     try:
-        fit = fit_sweep(runs, laws={"width": "lr_opt ~ width"}, batch_law=None, n_boot=1000).to_dict()
+        fit = fit_widths(runs, n_boot=1000)
     except FitError as err:
         ok = runs[runs["status"] == "ok"]
         cells = [
@@ -163,6 +163,12 @@ def fit_budget(runs: pd.DataFrame) -> tuple[list[dict], dict, dict]:
     keys = ("width", "status", "reason", "method", "lr_opt", "lr_low", "lr_high", "points")
     cells = [{k: c[k] for k in keys} for c in sorted(fit["cells"], key=lambda c: c["width"])]
     return cells, fit["transfer"], fit["loss_noise"]
+
+
+def fit_widths(runs: pd.DataFrame, n_boot: int) -> dict:
+    """The fit pipeline of ``plsweep fit`` on runs of one budget: lr_opt per width, the law
+    lr_opt ~ width and the transfer check (the content of fit.json)."""
+    return run_fit(runs, laws={"width": "lr_opt ~ width"}, default_laws=False, n_boot=n_boot, plots=False).fit
 
 
 def best_losses(runs: pd.DataFrame) -> list[dict]:
@@ -189,12 +195,12 @@ def per_seed_optima(runs: pd.DataFrame) -> dict[str, list[float | None]]:
     out: dict[str, list[float | None]] = {}
     for _seed, part in runs.groupby("seed"):
         try:
-            cells = fit_sweep(part, laws={"width": "lr_opt ~ width"}, batch_law=None, n_boot=10).cells
+            cells = fit_widths(part, n_boot=10)["cells"]
         except FitError:
             continue
-        for cell in cells.itertuples():
-            value = float(cell.lr_opt) if cell.status == "used" else None
-            out.setdefault(str(int(cell.width)), []).append(value)
+        for cell in cells:
+            value = float(cell["lr_opt"]) if cell["status"] == "used" else None
+            out.setdefault(str(int(cell["width"])), []).append(value)
     return out
 
 
@@ -373,7 +379,7 @@ def plot_horizon(results: dict, path):
             has = [i for i, sh in enumerate(shifts) if sh]
             value = np.array([shifts[i]["value"] for i in has])
             err = [value - [shifts[i]["low"] for i in has], [shifts[i]["high"] for i in has] - value]
-            name = f"{label} ({'widths 32-256' if part == 'variants' else 'widths 32, 64, 256'})"
+            name = f"{label} ({'widths 32-256' if part == 'variants' else 'widths 32-128'})"
             shift_ax.errorbar(
                 steps[has], value, yerr=err, fmt=marker + style, capsize=3, color=f"C{k}", label=name
             )
@@ -390,9 +396,11 @@ def plot_horizon(results: dict, path):
     shift_ax.axhspan(0.5, 2.0, color="0.88", zorder=0, label="x2 tolerance")
     shift_ax.axhline(1.0, color="0.4", lw=0.8)
     shift_ax.set(
-        yscale="log", ylabel="lr_opt(256) / lr_opt(32) [95%]", title="shift of the optimal LR over 8x width"
+        yscale="log",
+        ylabel="lr_opt(widest) / lr_opt(32) [95%]",
+        title="shift of the optimal LR over the widths",
     )
-    loss_ax.set(ylabel="best loss at width 256 (nats/byte, seed mean ± std)", title="the widest model")
+    loss_ax.set(ylabel="best loss at the widest width (nats/byte, seed mean ± std)", title="the widest model")
     for ax in (shift_ax, loss_ax):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("steps (budget)")

@@ -4,7 +4,7 @@ demo's sweep, predict lr_opt at a 4x larger budget, and check the prediction by 
     python experiments/power_workflow.py     # ~10 minutes on a 2-core CPU (~4 fewer after `plsweep demo`)
 
 Steps: ``sweeps/demo.toml`` into ``results/demo`` (54 runs; those ``plsweep demo`` recorded are
-skipped) -> ``fit_sweep`` (the free law, the Power form, and the Power form fitted the paper's way:
+skipped) -> ``run_fit`` (the free law, the Power form, and the Power form fitted the paper's way:
 gamma = lr_opt / batch averaged over the 2 best batch sizes per budget) -> ``export`` at the check
 budget -> ``experiments/power_check.toml`` (5 LRs at batch 8 and 32, 2097152 tokens) -> its per-cell
 optima with the same estimator. Writes ``power_workflow.{md,json,png}`` into docs/figures/.
@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 from common import HERE, ROOT, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
 
 from powerlaw_cli.export import export  # noqa: E402
-from powerlaw_cli.fit import FitError, cell_curves, find_cell_optima, fit_sweep, predict  # noqa: E402
+from powerlaw_cli.fit import FitError, predict, run_fit  # noqa: E402
+from powerlaw_cli.fit_cells import cell_curves, find_cell_optima  # noqa: E402
 from powerlaw_cli.plots import save
 from powerlaw_cli.spec import load_sweep  # noqa: E402
 
@@ -40,9 +41,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     demo = run_sweep(ROOT / "sweeps" / "demo.toml", args.demo_dir, args.workers)
-    fits = {"free": fit_sweep(demo, n_boot=1000).to_dict()}
+    fits = {"free": run_fit(demo, n_boot=1000, out=args.demo_dir / "fit", plots=False).fit}
     fits["power"] = fits["free"]  # one fit holds both default laws
-    fits["power, top-2 batches"] = fit_sweep(demo, n_boot=1000, top_k_batches=2).to_dict()
+    top2 = args.results / "power-workflow-top2"
+    fits["power, top-2 batches"] = run_fit(demo, n_boot=1000, top_k_batches=2, out=top2, plots=False).fit
     check_spec = HERE / "power_check.toml"
     tokens = load_sweep(check_spec).runs[0].training.tokens
     check = run_sweep(check_spec, args.results / "power-check", args.workers)
@@ -134,7 +136,7 @@ def law_rows(laws: dict[str, dict]) -> list[dict[str, str]]:
 def export_at(fit: dict, batch_size: int, tokens: int) -> dict:
     """The Power constants and peak LR ``plsweep export`` gives for this target (or why it gives none)."""
     try:
-        rec = export(fit, batch_size, tokens, 64)
+        rec = export(fit, batch_size, tokens, 64, law="power")
     except FitError as err:
         return {"error": str(err)}
     return {"batch_size": batch_size, "constants": rec["constants"], "peak_lr": rec["recommended"]["peak_lr"]}

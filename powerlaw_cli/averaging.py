@@ -23,12 +23,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
-from .config import AveragingConfig, ConfigError
+from .config import AveragingConfig, AveragingKind, ConfigError
 
 
 class Averager(ABC):
@@ -84,14 +84,18 @@ class Averager(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """{"average": {parameter name: fp32 tensor}, "updates": int}: loads with ``torch.load(weights_only=True)``."""
-        return {"average": {n: a.clone() for n, a in zip(self._names, self._average, strict=True)},
-                "updates": self.updates}
+        return {
+            "average": {n: a.clone() for n, a in zip(self._names, self._average, strict=True)},
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict()``: the averager then continues exactly as the saved one would have."""
         average = state["average"]
         if list(average) != self._names:
-            raise ValueError(f"averager state has parameters {list(average)[:3]}..., the model {self._names[:3]}...")
+            raise ValueError(
+                f"averager state has parameters {list(average)[:3]}..., the model {self._names[:3]}..."
+            )
         with torch.no_grad():
             for avg, name in zip(self._average, self._names, strict=True):
                 avg.copy_(average[name])
@@ -158,7 +162,9 @@ def tail_start(total_steps: int, tail_fraction: float) -> int:
     return min(math.ceil(round((1 - tail_fraction) * total_steps, 9)), total_steps - 1)
 
 
-def build_averager(cfg: AveragingConfig, model: nn.Module, tokens_per_step: int, total_steps: int) -> Averager | None:
+def build_averager(
+    cfg: AveragingConfig, model: nn.Module, tokens_per_step: int, total_steps: int
+) -> Averager | None:
     """The averager of a run from its config section; None for kind "none"."""
     if cfg.kind == "none":
         return None
@@ -168,5 +174,4 @@ def build_averager(cfg: AveragingConfig, model: nn.Module, tokens_per_step: int,
         return AnytimeAverager(model, cfg.anytime_gamma)
     if cfg.kind == "tail":
         return TailAverager(model, tail_start(total_steps, cfg.tail_fraction))
-    valid = get_args(get_type_hints(AveragingConfig)["kind"])
-    raise ConfigError(f"averaging.kind: unknown {cfg.kind!r}; valid: {', '.join(valid)}")
+    raise ConfigError(f"averaging.kind: unknown {cfg.kind!r}; valid: {', '.join(get_args(AveragingKind))}")

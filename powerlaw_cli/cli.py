@@ -1,31 +1,79 @@
-"""The ``plsweep`` command line: parse, call one library function, render with rich. No logic here."""
+"""The ``plsweep`` command line: parse, call one library function, render with rich. No logic here.
+
+Every error a user can cause, a usage error of Typer's included, ends as one line on stderr (printed
+without rich markup, so brackets in messages survive) and exit status 2.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from .config import ConfigError, LaunchConfig, RunConfig, ScheduleConfig, section_from_dict
-from .store import SweepDirError
+from .config import (
+    ConfigError,
+    Parametrization,
+    RunConfig,
+    ScheduleConfig,
+    ScheduleName,
+    section_from_dict,
+)
+from .errors import PlsweepError
 
-if TYPE_CHECKING:
-    from .demo import DemoResult
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Find the LR and batch size of a large LM run from many small muP proxy runs.")
 console = Console()
 err_console = Console(stderr=True)
 
-SetOption = Annotated[list[str], typer.Option("--set", "-s", help="SECTION.FIELD=VALUE (TOML value), repeatable")]
+
+def print_error(message: str, exit_code: int = 2) -> None:
+    """One red "error:" line on stderr, the message printed as is (no markup), then exit."""
+    err_console.print(Text.assemble(("error: ", "red"), " ".join(str(message).split())), soft_wrap=True)
+    raise SystemExit(exit_code)
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's usage errors (an unknown option, a value not among the choices, out of range, missing) as
+    one line and exit status 2, like the project's own errors."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            print_error("aborted", 1)
+        except typer.TyperException as err:
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            print_error(message, getattr(err, "exit_code", 2))
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    rich_markup_mode=None,  # help texts are plain text: "[adaptive]" stays "[adaptive]"
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Find the LR and batch size of a large LM run from many small muP proxy runs.",
+)
+
+
+@app.callback(invoke_without_command=True)
+def _show_help(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+SetOption = Annotated[
+    list[str], typer.Option("--set", "-s", help="SECTION.FIELD=VALUE (TOML value), repeatable")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
 
 
@@ -34,17 +82,19 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from .data import DataError
-        from .fit import FitError
-        from .slurm import SubmitError
-
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DataError, SweepDirError, FitError, SubmitError, FileNotFoundError) as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except PlsweepError as err:  # the project's errors: a setting, a file, a table, the cluster
+            print_error(str(err))
+        except OSError as err:  # a file that cannot be read or written: name it
+            print_error(f"{err.filename or ''}: {err.strerror or err}" if err.filename else str(err))
 
     return wrapper
+
+
+def warn(message: str) -> None:
+    """One yellow "warning:" line on stderr, printed as is (no markup)."""
+    err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
 def parse_assignments(items: list[str], where: str) -> dict[str, Any]:
@@ -86,17 +136,25 @@ def _fmt(value: Any) -> str:
 
 # --- train -------------------------------------------------------------------------------------
 
+
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path | None, typer.Argument(help="TOML file with model, data, optimizer, schedule, training and averaging sections")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="TOML file with model, data, optimizer, schedule, training and averaging sections"
+        ),
+    ] = None,
     set_: SetOption = [],  # noqa: B006 - typer needs a literal default
     out: Annotated[Path | None, typer.Option(help="output folder (default: results/train/RUN_ID)")] = None,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")] = False,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train one proxy run; write record.json and curve.parquet (resumes from OUT/checkpoint.pt)."""
-    from .chains import train_standalone
+    """Train one proxy run; write record.json and curve.arrow (resumes from OUT/checkpoint.pt)."""
+    from .runner import train_standalone
     from .spec import tomllib
 
     data: dict[str, Any] = {}
@@ -112,22 +170,37 @@ def train(
     if as_json:
         print_json(record)
         return
-    keys = ("run_id", "status", "final_val_loss", "final_val_loss_averaged", "final_train_loss", "diverged_at_tokens",
-            "error", "tokens_seen", "steps", "params_non_embedding", "flops", "wall_seconds", "resumes", "device")
+    keys = (
+        "run_id",
+        "status",
+        "final_val_loss",
+        "final_val_loss_averaged",
+        "final_train_loss",
+        "diverged_at_tokens",
+        "error",
+        "tokens_seen",
+        "steps",
+        "params_non_embedding",
+        "flops",
+        "wall_seconds",
+        "resumes",
+        "device",
+    )
     console.print(kv_table(f"run {run.run_id}", {k: record.get(k) for k in keys} | {"output": out}))
 
 
 # --- schedule ----------------------------------------------------------------------------------
 
+
 @app.command()
 @user_errors
 def schedule(
-    name: Annotated[str, typer.Argument(help="constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")],
-    lr: Annotated[float, typer.Option(help="peak LR (power: the cap lr_max)")] = 3e-3,
-    tokens: Annotated[float, typer.Option(help="run length, tokens")] = 1e9,
-    batch_size: Annotated[int, typer.Option(help="sequences per step (power's batch)")] = 256,
+    name: Annotated[ScheduleName, typer.Argument(help="the schedule")],
+    lr: Annotated[float, typer.Option(help="peak LR (power: the cap lr_max), > 0")] = 3e-3,
+    tokens: Annotated[float, typer.Option(min=1, help="run length, tokens")] = 1e9,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences per step (power's batch)")] = 256,
     set_: SetOption = [],  # noqa: B006
-    points: Annotated[int, typer.Option(help="rows of the table")] = 11,
+    points: Annotated[int, typer.Option(min=2, help="rows of the table")] = 11,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of the schedule here")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -157,26 +230,34 @@ def schedule(
 
 # --- coord-check -------------------------------------------------------------------------------
 
+
 @app.command("coord-check")
 @user_errors
 def coord_check(
-    widths: Annotated[str, typer.Option(help="comma-separated widths")] = "64,128,256,512,1024",
-    parametrization: Annotated[str, typer.Option(help="mup or sp")] = "mup",
-    steps: Annotated[int, typer.Option(help="Adam steps to record")] = 4,
-    lr: Annotated[float | None, typer.Option(help="LR of the check (default: the calibrated one, larger than training)")] = None,
-    tolerance: Annotated[float, typer.Option(help="allowed growth of activations per doubling of width")] = 1.2,
+    widths: Annotated[str, typer.Option(help="comma-separated widths, at least two")] = "64,128,256,512,1024",
+    parametrization: Annotated[Parametrization, typer.Option(help="the parametrization to check")] = "mup",
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps to record")] = 4,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="LR of the check, > 0 (default: the calibrated one, larger than training)"),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(min=1, help="allowed growth of activations per doubling of width")
+    ] = 1.2,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of activations against width here")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The muP coordinate check: exit status 1 when activations drift with width beyond the tolerance."""
     from . import coord_check as cc
 
-    if parametrization not in ("mup", "sp"):
-        raise ConfigError(f"--parametrization: {parametrization!r} is not one of mup, sp")
     try:
-        width_list = [int(w) for w in widths.split(",") if w.strip()]
+        width_list = sorted({int(w) for w in widths.split(",") if w.strip()})
     except ValueError:
         raise ConfigError(f"--widths: {widths!r} must be comma-separated integers") from None
+    if len(width_list) < 2 or width_list[0] < 1:
+        raise ConfigError(f"--widths: {widths!r} needs at least two different positive widths")
+    if lr is not None and lr <= 0:
+        raise ConfigError(f"--lr: {lr} must be > 0")
     df = cc.coord_check(width_list, parametrization, steps=steps, **({"lr": lr} if lr is not None else {}))
     result = cc.verdict(df, tolerance)
     if plot is not None:
@@ -204,94 +285,23 @@ def coord_table(result: Any) -> Table:
     return table
 
 
-# --- plan, launch, status, collect -------------------------------------------------------------
-
-def launch_options(sweep_launch: LaunchConfig, items: list[str], workers: int | None) -> LaunchConfig:
-    """The sweep file's [launch] section with command-line overrides, validated like the file."""
-    import dataclasses
-
-    values = dataclasses.asdict(sweep_launch) | parse_assignments(items, "--set")
-    if workers is not None:
-        values["workers"] = workers
-    return section_from_dict(LaunchConfig, values, "launch")
-
-
-LAUNCH_KEYS = ", ".join(f.name for f in __import__("dataclasses").fields(LaunchConfig))
-
-
-@app.command()
-@user_errors
-def plan(
-    spec: Annotated[Path, typer.Argument(help="sweep file (TOML)")],
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
-    throughput: Annotated[float, typer.Option(help="sustained training FLOP/s per GPU, for GPU-hours")] = 1e14,
-    max_array_size: Annotated[int | None, typer.Option(help="default: the cluster's MaxArraySize (1001 if unknown)")] = None,
-    head: Annotated[int, typer.Option(help="how many runs to list")] = 10,
-    as_json: JsonOption = False,
-) -> None:
-    """Runs, tasks and arrays a sweep would submit; tokens, FLOPs and GPU-hours."""
-    from .plan import make_plan
-    from .slurm import max_array_size as cluster_max_array_size
-    from .spec import load_sweep
-
-    sweep = load_sweep(spec)
-    options = launch_options(sweep.launch, set_, None)
-    result = make_plan(sweep, options, max_array_size or cluster_max_array_size(), throughput, head)
-    if as_json:
-        print_json(result.to_dict())
-        return
-    summary = {k: v for k, v in result.to_dict().items() if k not in ("axes", "first_runs")}
-    console.print(kv_table(f"plan of sweep {sweep.name} ({spec})", summary))
-    axes = Table(title="grid axes", title_justify="left")
-    axes.add_column("setting")
-    axes.add_column("values")
-    for key, values in result.axes.items():
-        axes.add_row(key, ", ".join(_fmt(v) for v in values))
-    console.print(axes)
-    console.print(rows_table(f"first {len(result.first_runs)} of {result.runs} runs", result.first_runs))
-
-
 def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in rows[0] if rows else []:
-        table.add_column(column)
+    """A table of ``rows``: the columns are the union of their keys, a key first seen in a later row placed
+    right after the key before it in that row, and every value goes under its own key's header; a row
+    without a key leaves that cell empty."""
+    columns: list[str] = []
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row.values()))
+        previous = None
+        for key in row:
+            if key not in columns:
+                columns.insert(columns.index(previous) + 1 if previous is not None else len(columns), key)
+            previous = key
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(_fmt(row.get(column))) for column in columns))  # values are text, never markup
     return table
-
-
-@app.command()
-@user_errors
-def launch(
-    spec: Annotated[Path, typer.Argument(help="sweep file (TOML)")],
-    executor: Annotated[str, typer.Option(help="local (this machine), slurm (submitit job arrays) or debug (in-process)")] = "local",
-    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
-    workers: Annotated[int | None, typer.Option(help="local: runs at once (default: one per GPU, else CPU cores)")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="also rerun failed runs (diverged runs are results)")] = False,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}")] = [],  # noqa: B006
-    as_json: JsonOption = False,
-) -> None:
-    """Launch a sweep: runs without a record (and not queued) are submitted; finished ones are skipped."""
-    from .launch import launch as do_launch
-    from .spec import load_sweep
-
-    if executor not in ("local", "slurm", "debug"):
-        raise ConfigError(f"--executor: {executor!r} is not one of local, slurm, debug")
-    sweep = load_sweep(spec)
-    options = launch_options(sweep.launch, set_, workers)
-    out = out or Path("results") / sweep.name
-    with sweep_progress(executor == "local" and not as_json, f"sweep {sweep.name}") as on_progress:
-        result = do_launch(sweep, out, executor, options, retry_failed, on_progress)  # type: ignore[arg-type]
-    if as_json:
-        print_json(result.__dict__)
-        return
-    console.print(f"sweep [bold]{sweep.name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
-                  f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks")
-    if result.array_ids:
-        console.print(f"submitted Slurm arrays {', '.join(result.array_ids)} to {out}")
-    elif result.counts:
-        console.print("results: " + ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())))
-    console.print(f"next: plsweep status {out}" + ("" if result.array_ids else f"  |  plsweep fit {out}"))
 
 
 class sweep_progress:  # noqa: N801 - used as a context manager like a function
@@ -304,8 +314,9 @@ class sweep_progress:  # noqa: N801 - used as a context manager like a function
     def __enter__(self):
         if not self.enabled:
             return None
-        self.progress = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=console)
+        self.progress = Progress(
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
         self.progress.start()
         task = self.progress.add_task("runs", total=None)
         return lambda done, total: self.progress.update(task, completed=done, total=total)
@@ -316,248 +327,5 @@ class sweep_progress:  # noqa: N801 - used as a context manager like a function
         return False
 
 
-@app.command()
-@user_errors
-def status(
-    sweep_dir: Annotated[Path, typer.Argument(help="sweep directory")],
-    watch: Annotated[bool, typer.Option(help="refresh until nothing is queued or running")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between polls with --watch (at least 30 on Slurm)")] = 30.0,
-    as_json: JsonOption = False,
-) -> None:
-    """Counts of finished, diverged, failed, running, pending and lost runs; failures with their logs."""
-    from .status import sweep_status
-    from .store import SweepDir
-
-    sweep = SweepDir(sweep_dir)
-    warned = False
-    while True:
-        result = sweep_status(sweep)
-        if result.warning and not warned:
-            err_console.print(f"[yellow]warning:[/yellow] {result.warning}")
-            warned = True
-        if as_json:
-            print_json(result.to_dict())
-        else:
-            render_status(result)
-        if not watch or result.done:
-            return
-        slurm = any(e["executor"] == "slurm" for e in sweep.launches())
-        time.sleep(max(interval, 30.0) if slurm else interval)
-
-
-def render_status(result: Any) -> None:
-    counts = result.counts
-    done = counts["finished"] + counts["diverged"] + counts["failed"]
-    width = 40
-    filled = round(width * done / max(result.total, 1))
-    console.print(f"sweep [bold]{result.sweep}[/bold]: {done}/{result.total} done  "
-                  f"[green]{'#' * filled}[/green]{'.' * (width - filled)}")
-    table = Table(show_header=True)
-    for state in counts:
-        table.add_column(state, justify="right")
-    table.add_row(*(str(n) for n in counts.values()))
-    console.print(table)
-    for failure in result.failures[:20]:
-        console.print(f"[red]failed[/red] {failure.run_id}: {failure.error}" + (f" (job {failure.job})" if failure.job else ""))
-        for line in failure.log_tail:
-            console.print(f"    {line}", highlight=False, markup=False)
-    for bad in result.bad_records:
-        console.print(f"[yellow]unreadable record[/yellow] {bad}")
-
-
-@app.command()
-@user_errors
-def collect(
-    sweep_dir: Annotated[Path, typer.Argument(help="sweep directory")],
-    as_json: JsonOption = False,
-) -> None:
-    """Gather records into runs.parquet and curves into curves.parquet (incremental)."""
-    from .store import SweepDir
-    from .store import collect as do_collect
-
-    report = do_collect(SweepDir(sweep_dir))
-    data = {"runs": report.runs, "new": report.new, "runs_path": report.runs_path, "curves_path": report.curves_path,
-            "problems": [f"{p.path}: {p.reason}" for p in report.problems]}
-    if as_json:
-        print_json(data)
-        return
-    console.print(f"collected {report.runs} runs ({report.new} new) into {report.runs_path} and {report.curves_path}")
-    for problem in data["problems"]:
-        err_console.print(f"[yellow]left out[/yellow] {problem} (counts as not finished)")
-
-
-# --- fit and export ----------------------------------------------------------------------------
-
-@app.command()
-@user_errors
-def fit(
-    source: Annotated[Path, typer.Argument(help="sweep directory, or a CSV/Parquet table of runs")],
-    col: Annotated[list[str], typer.Option(help="column mapping OURS=THEIRS, e.g. lr=peak_lr batch=bs")] = [],  # noqa: B006
-    loss_column: Annotated[str | None, typer.Option(help="loss column (default final_val_loss)")] = None,
-    batch_unit: Annotated[str, typer.Option(help="unit of the batch column: sequences or tokens")] = "sequences",
-    seq_len: Annotated[int | None, typer.Option(help="sequence length, to convert a batch in tokens")] = None,
-    group_by: Annotated[str | None, typer.Option(help="comma-separated cell columns (default: every setting but lr and seed)")] = None,
-    method: Annotated[str, typer.Option(help="optimum per cell: parabola (centred 3-point), band, argmin, parabola_grid")] = "parabola",
-    law: Annotated[list[str], typer.Option(help='extra law NAME="lr_opt ~ N + D" (var^1 fixes an exponent)')] = [],  # noqa: B006
-    robust: Annotated[bool, typer.Option(help="Huber loss instead of least squares")] = False,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of cells")] = 1000,
-    top_k_batches: Annotated[int | None, typer.Option(help="fit the power law the paper's way: gamma over the k best batches per budget")] = None,
-    predict: Annotated[list[str], typer.Option(help="print lr_opt at e.g. batch=1024 tokens=1e12 (repeat per variable)")] = [],  # noqa: B006
-    out: Annotated[Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")] = None,
-    plots: Annotated[bool, typer.Option(help="write the figures")] = True,
-    as_json: JsonOption = False,
-) -> None:
-    """Optimal LR per cell, power laws with bootstrap intervals, optimal batch, muP transfer; writes fit/fit.json."""
-    from . import fit as fitting
-    from .store import SweepDir
-    from .store import collect as do_collect
-
-    if SweepDir(source).exists():
-        do_collect(SweepDir(source))
-    runs = fitting.load_runs(source, fitting.parse_pairs(col), loss_column, batch_unit, seq_len)
-    laws = dict(fitting.DEFAULT_LAWS) | parse_laws(law)
-    result = fitting.fit_sweep(runs, group_by=group_by.split(",") if group_by else None, method=method, laws=laws,
-                               robust=robust, n_boot=bootstrap, top_k_batches=top_k_batches)
-    folder = out or fitting.default_fit_dir(source)
-    data = result.to_dict()
-    path = fitting.write_fit(data, folder)
-    figures = []
-    if plots:
-        from .plots import fit_figures
-
-        figures = [str(p) for p in fit_figures(data, folder)]
-    predictions = fitting.predict_all(data, fitting.parse_values(predict)) if predict else {}
-    if as_json:
-        print_json(data | {"fit_json": str(path), "figures": figures,
-                           "predictions": {k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in predictions.items()}})
-        return
-    render_fit(data, path, figures, predictions)
-
-
-def parse_laws(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, formula = item.partition("=")
-        if not sep or not name.strip() or "~" not in formula:
-            raise ConfigError(f'--law {item!r}: expected NAME="lr_opt ~ VAR + VAR"')
-        out[name.strip()] = formula.strip()
-    return out
-
-
-def render_fit(data: dict, path: Path, figures: list[str], predictions: dict) -> None:
-    from .fit import summary_tables
-
-    tables = summary_tables(data)
-    console.print(rows_table("laws (intervals: bootstrap over cells)", tables["laws"]))
-    used = [c for c in tables["cells"] if c["status"] == "used"]
-    console.print(rows_table(f"cells: {len(used)} used of {len(tables['cells'])}", tables["cells"]))
-    console.print(rows_table("muP transfer across widths", tables["transfer"]))
-    for warning in data["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    for name, value in predictions.items():
-        text = value if isinstance(value, str) else f"{value.value:.4g} [{value.low:.4g}, {value.high:.4g}]"
-        console.print(f"predict {name}: {text}")
-    console.print(f"fit: {path}")
-    for figure in figures:
-        console.print(f"figure: {figure}")
-
-
-@app.command()
-@user_errors
-def export(
-    fit_path: Annotated[Path, typer.Argument(metavar="FIT", help="fit.json, or a folder holding fit/fit.json")],
-    batch_size: Annotated[int, typer.Option(help="target batch, sequences")],
-    tokens: Annotated[float, typer.Option(help="target run length, tokens")],
-    seq_len: Annotated[int | None, typer.Option(help="target sequence length (needed for lm-engine and torch)")] = None,
-    format_: Annotated[str, typer.Option("--format", help="json, yaml, lm-engine or torch")] = "json",
-    law: Annotated[str, typer.Option(help="which fitted law gives a and b")] = "power",
-    lr_max: Annotated[float, typer.Option(help="the Power schedule's cap")] = 0.02,
-    warmup_fraction: Annotated[float, typer.Option(help="warmup as a fraction of the tokens")] = 0.01,
-    decay_fraction: Annotated[float, typer.Option(help="decay as a fraction of the tokens")] = 0.1,
-    decay_shape: Annotated[str, typer.Option(help="linear, cosine, 1-sqrt or exponential")] = "exponential",
-    out: Annotated[Path | None, typer.Option(help="write the recommendation to this file instead of stdout")] = None,
-    plot: Annotated[Path | None, typer.Option(help="PNG of the target schedule (default: beside fit.json)")] = None,
-) -> None:
-    """Power-scheduler constants and recommended peak LR and batch size for a target run."""
-    from . import export as exporting
-    from .fit import find_fit, read_fit
-
-    data = read_fit(fit_path)
-    rec = exporting.export(data, batch_size, tokens, seq_len, law=law, lr_max=lr_max, warmup_fraction=warmup_fraction,
-                           decay_fraction=decay_fraction, decay_shape=decay_shape)
-    text = exporting.render(rec, format_)
-    png = exporting.write_schedule_png(rec, plot or find_fit(fit_path).parent / f"schedule_B{batch_size}_T{tokens:.3g}.png")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
-    for warning in rec["warnings"]:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    err_console.print(f"schedule plot: {png}" + (f"; recommendation: {out}" if out else ""))
-
-
-# --- demo --------------------------------------------------------------------------------------
-
-@app.command()
-@user_errors
-def demo(
-    quick: Annotated[bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")] = False,
-    spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
-    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
-    workers: Annotated[int, typer.Option(help="runs at once (0: one per CPU core)")] = 0,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the fit")] = 1000,
-) -> None:
-    """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
-    from .demo import demo_spec, run_demo
-    from .spec import load_sweep
-
-    spec = spec or demo_spec(quick)
-    name = load_sweep(spec).name
-    out = out or Path("results") / name
-    started = time.monotonic()
-    with sweep_progress(True, f"sweep {name}") as on_progress:
-        result = run_demo(spec, out, workers, bootstrap, on_progress=on_progress)
-    launched = result.launched
-    console.print(f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
-                  f"were already recorded; collected {result.collected.runs}")
-    print_demo(result)
-    console.print(f"demo finished in {time.monotonic() - started:.0f} s")
-
-
-def print_demo(result: DemoResult) -> None:
-    """The demo's findings: laws, Power constants, the example target, paths. A sweep that supports no
-    law or no Power schedule is a finding too: it is said in yellow, and the command still succeeds."""
-    from .demo import PAPER_LAW
-    from .fit import read_fit, summary_tables
-
-    if result.fit_json is None:
-        console.print(f"[yellow]no fitted law:[/yellow] {result.fit_error}", highlight=False)
-        return
-    fit = read_fit(result.fit_json)
-    n = fit["n_cells"]
-    console.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
-    rows = summary_tables(fit)["laws"]
-    keep = ("law", "a", "e_batch_size", "e_tokens", "r2", "n")
-    console.print(rows_table("fitted laws (95% intervals: bootstrap over cells)",
-                             [{k: row.get(k, "") for k in keep} for row in rows if row["status"] == "fitted"]))
-    for law in fit["laws"].values():
-        if law["status"] != "fitted":
-            console.print(f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False)
-    console.print(f"paper (Shen et al. 2024; batch in sequences of 4096 tokens, T in tokens): {PAPER_LAW}",
-                  highlight=False)
-    rec = result.recommendation
-    if rec is None:
-        console.print(f"[yellow]no Power schedule to export:[/yellow] {result.fit_error}", highlight=False)
-    else:
-        c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
-        console.print(f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
-                      f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
-                      f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}")
-        console.print(f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
-                      f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]")
-        for warning in rec["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    console.print(f"fit: {result.fit_json}")
-    for path in [*result.figures, *([result.schedule_png] if result.schedule_png else [])]:
-        console.print(f"figure: {path}")
+# The commands of the other modules register themselves on ``app`` when imported (in --help order).
+from . import cli_sweep, cli_fit  # noqa: E402, F401, I001

@@ -18,18 +18,25 @@ Units: token counts are tokens, batch sizes are sequences, ``lr`` is the base Ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .errors import PlsweepError
+
 ScheduleName = Literal["constant", "cosine", "cyclic_cosine", "inverse_sqrt", "wsd", "wsd_s", "power"]
 DecayShape = Literal["linear", "cosine", "1-sqrt", "exponential"]
+DataSource = Literal["synthetic", "tokens", "text", "stdlib"]
+AveragingKind = Literal["none", "ema", "anytime", "tail"]
+Parametrization = Literal["mup", "sp"]
+WeightDecayRule = Literal["coupled", "independent"]
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
 
 
-class ConfigError(ValueError):
+class ConfigError(PlsweepError):
     """A setting is unknown, of the wrong type or out of range; the message is one line naming it."""
 
 
@@ -37,27 +44,50 @@ NO_LEGACY: Any = object()
 """Marks a setting that has been part of the run id from the start (no ``legacy`` value)."""
 
 
-def setting(default: Any, doc: str, *, identity: bool = True, legacy: Any = NO_LEGACY) -> Any:
+def setting(
+    default: Any, doc: str, *, identity: bool = True, column: str | None = None, legacy: Any = NO_LEGACY
+) -> Any:
     """A config field with its documentation and whether it changes the run's result.
 
-    ``legacy``: for a result setting added after run ids existed, the value that reproduces the
+    A run-id setting is a column of the runs table (``schema.py``), named ``column`` (default: the field's
+    name). ``legacy``: for a result setting added after run ids existed, the value that reproduces the
     behaviour from before; ``RunConfig.identity()`` omits the field at that value (module docstring).
     """
     if legacy is not NO_LEGACY and not identity:
         raise TypeError("only a setting that is part of the run id can have a legacy value")
-    metadata = {"doc": doc, "identity": identity, "legacy": legacy}
+    metadata = {"doc": doc, "identity": identity, "column": column, "legacy": legacy}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def _require(ok: bool, section: str, name: str, message: str) -> None:
+def require(ok: bool, section: str, name: str, message: str) -> None:
+    """Raise ``ConfigError("SECTION.NAME: MESSAGE")`` unless ``ok``: the one-line error of a bad setting."""
     if not ok:
         raise ConfigError(f"{section}.{name}: {message}")
 
 
+class Section:
+    """What every settings section offers besides its fields; sections are immutable, so a section shared by
+    many runs of a sweep computes these once."""
+
+    @functools.cached_property
+    def values(self) -> dict[str, Any]:
+        """{field: value} (plain data; do not modify)."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change a run's result, without those at their ``legacy`` value."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if in_identity(f, getattr(self, f.name))}
+
+    @functools.cached_property
+    def identity_json(self) -> str:
+        """The canonical JSON of ``identity()`` (see ``stable_hash``)."""
+        return canonical_json(self.identity())
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """The muP GPT proxy: a pre-norm decoder-only transformer."""
 
     width: int = setting(128, "d_model, the residual stream width")
@@ -66,9 +96,7 @@ class ModelConfig:
     mlp_ratio: float = setting(4.0, "MLP hidden width as a multiple of width")
     seq_len: int = setting(128, "tokens per training sequence")
     vocab_size: int = setting(256, "vocabulary size (256 for byte-level text)")
-    parametrization: Literal["mup", "sp"] = setting(
-        "mup", "mup (Tensor Programs V, for Adam) or sp (standard)"
-    )
+    parametrization: Parametrization = setting("mup", "mup (Tensor Programs V, for Adam) or sp (standard)")
     base_width: int = setting(128, "muP base width: at width == base_width, mup and sp are the same model")
     base_head_dim: int = setting(
         0,
@@ -82,24 +110,24 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "n_heads", "seq_len", "vocab_size", "base_width"):
-            _require(getattr(self, name) > 0, "model", name, "must be > 0")
-        _require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
-        _require(
+            require(getattr(self, name) > 0, "model", name, "must be > 0")
+        require(self.width % self.n_heads == 0, "model", "n_heads", f"must divide width={self.width}")
+        require(
             (self.width // self.n_heads) % 2 == 0,
             "model",
             "n_heads",
             "head_dim = width / n_heads must be even (rotary)",
         )
         if self.base_head_dim == 0:
-            _require(
+            require(
                 self.base_width % self.n_heads == 0,
                 "model",
                 "base_width",
                 f"must be divisible by n_heads={self.n_heads}",
             )
-        _require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
-        _require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
-        _require(self.init_std > 0, "model", "init_std", "must be > 0")
+        require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
+        require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
+        require(self.init_std > 0, "model", "init_std", "must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -115,33 +143,65 @@ class ModelConfig:
         """muP's m = width / base_width (1 for sp, whose scalings ignore it)."""
         return self.width / self.base_width
 
+    @property
+    def mlp_hidden(self) -> int:
+        """Width of the MLP's hidden layer."""
+        return round(self.mlp_ratio * self.width)
+
+    @property
+    def params_non_embedding(self) -> int:
+        """Parameters of the proxy without token embedding, learned positions and readout: per block
+        two norm gains, qkv (3 w^2), the attention projection (w^2) and the MLP (2 w h); the final norm."""
+        w = self.width
+        return self.depth * (2 * w + 4 * w * w + 2 * w * self.mlp_hidden) + w
+
+    @property
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward = 3 x forward, 2 FLOPs per multiply-add).
+
+        ``6 * params_non_embedding + 6 * width * vocab_size + 12 * depth * width * seq_len``: the matrices,
+        the readout matmul (real compute, unlike the embedding lookup), and attention's scores and values
+        at full sequence length (PaLM's convention, which ignores the causal mask's halving).
+        Norms, GELU, softmax and rotary are not counted.
+        """
+        return (
+            6 * self.params_non_embedding
+            + 6 * self.width * self.vocab_size
+            + 12 * self.depth * self.width * self.seq_len
+        )
+
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Where training and validation tokens come from."""
 
-    source: Literal["synthetic", "tokens", "text", "stdlib"] = setting(
+    source: DataSource = setting(
         "synthetic",
         "synthetic (a seeded Markov language), tokens (uint16/uint32 .bin or .npy), text (byte-level file or folder), "
         "stdlib (byte-level, the running Python's standard library sources)",
+        column="data",
     )
     path: str = setting(
-        "", "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder"
+        "",
+        "tokens: a .bin/.npy file, or a folder with train.bin and val.bin; text: a file or folder",
+        column="data",
     )
-    dtype: Literal["uint16", "uint32"] = setting("uint16", "element type of raw .bin token files")
+    dtype: Literal["uint16", "uint32"] = setting(
+        "uint16", "element type of raw .bin token files", column="data_dtype"
+    )
     synthetic_seed: int = setting(0, "synthetic: the seed of the language (its transition table)")
     zipf_exponent: float = setting(1.1, "synthetic: exponent s of the Zipf-like next-token weights k^-s")
     val_tokens: int = setting(65536, "size of the fixed held-out validation set, tokens")
 
     def __post_init__(self) -> None:
         if self.source in ("tokens", "text"):
-            _require(bool(self.path), "data", "path", f"is required when source = {self.source!r}")
-        _require(self.zipf_exponent > 0, "data", "zipf_exponent", "must be > 0")
-        _require(self.val_tokens > 0, "data", "val_tokens", "must be > 0")
+            require(bool(self.path), "data", "path", f"is required when source = {self.source!r}")
+        require(self.zipf_exponent > 0, "data", "zipf_exponent", "must be > 0")
+        require(self.val_tokens > 0, "data", "val_tokens", "must be > 0")
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(Section):
     """AdamW."""
 
     lr: float = setting(
@@ -155,7 +215,7 @@ class OptimizerConfig:
         0.1,
         "AdamW weight decay of matrices: a step shrinks a matrix by its group's LR x its decay (see weight_decay_rule)",
     )
-    weight_decay_rule: Literal["coupled", "independent"] = setting(
+    weight_decay_rule: WeightDecayRule = setting(
         "coupled",
         "per-step decay of mup's hidden matrices: coupled lr/m x weight_decay (AdamW on muP's LR; the Power paper's "
         "code), independent lr x weight_decay at every width (microsoft/mup's MuAdamW). Embeddings and readout decay "
@@ -165,27 +225,27 @@ class OptimizerConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optimizer", "lr", "must be > 0")
+        require(self.lr > 0, "optimizer", "lr", "must be > 0")
         for name in ("beta1", "beta2"):
-            _require(0 <= getattr(self, name) < 1, "optimizer", name, "must be in [0, 1)")
-        _require(self.eps > 0, "optimizer", "eps", "must be > 0")
-        _require(self.weight_decay >= 0, "optimizer", "weight_decay", "must be >= 0")
-        _require(self.grad_clip >= 0, "optimizer", "grad_clip", "must be >= 0")
+            require(0 <= getattr(self, name) < 1, "optimizer", name, "must be in [0, 1)")
+        require(self.eps > 0, "optimizer", "eps", "must be > 0")
+        require(self.weight_decay >= 0, "optimizer", "weight_decay", "must be >= 0")
+        require(self.grad_clip >= 0, "optimizer", "grad_clip", "must be >= 0")
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(Section):
     """The LR schedule, a function of tokens seen (never steps)."""
 
-    name: ScheduleName = setting("wsd", "constant, cosine, cyclic_cosine, inverse_sqrt, wsd, wsd_s or power")
+    name: ScheduleName = setting(
+        "wsd", "the LR schedule (formulas: powerlaw_cli/schedules.py)", column="schedule"
+    )
     warmup_tokens: int = setting(0, "linear warmup from 0, tokens")
     decay_tokens: int = setting(0, "wsd/wsd_s/power: decay length, tokens (0: use decay_fraction)")
     decay_fraction: float = setting(
         0.1, "wsd/wsd_s/power: decay length as a fraction of the run (of each budget for wsd_s)"
     )
-    decay_shape: DecayShape = setting(
-        "linear", "wsd/wsd_s/power decay: linear, cosine, 1-sqrt or exponential"
-    )
+    decay_shape: DecayShape = setting("linear", "shape of the wsd/wsd_s/power decay")
     final_lr_ratio: float = setting(0.0, "LR at the end of a decay (or of cosine) as a fraction of its start")
     cycle_tokens: int = setting(0, "cyclic_cosine: length of one cosine cycle, tokens")
     alpha_tokens: int = setting(
@@ -199,21 +259,21 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         for name in ("warmup_tokens", "decay_tokens", "cycle_tokens"):
-            _require(getattr(self, name) >= 0, "schedule", name, "must be >= 0")
-        _require(0 < self.decay_fraction <= 1, "schedule", "decay_fraction", "must be in (0, 1]")
-        _require(0 <= self.final_lr_ratio <= 1, "schedule", "final_lr_ratio", "must be in [0, 1]")
-        _require(self.alpha_tokens > 0, "schedule", "alpha_tokens", "must be > 0")
+            require(getattr(self, name) >= 0, "schedule", name, "must be >= 0")
+        require(0 < self.decay_fraction <= 1, "schedule", "decay_fraction", "must be in (0, 1]")
+        require(0 <= self.final_lr_ratio <= 1, "schedule", "final_lr_ratio", "must be in [0, 1]")
+        require(self.alpha_tokens > 0, "schedule", "alpha_tokens", "must be > 0")
         if self.name == "cyclic_cosine":
-            _require(self.cycle_tokens > 0, "schedule", "cycle_tokens", "must be > 0 for cyclic_cosine")
+            require(self.cycle_tokens > 0, "schedule", "cycle_tokens", "must be > 0 for cyclic_cosine")
         if self.name == "wsd_s":
             points = self.decay_points
-            _require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
-            _require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
-            _require(
+            require(len(points) > 0, "schedule", "decay_points", "wsd_s needs at least one budget")
+            require(all(p > 0 for p in points), "schedule", "decay_points", "must be > 0")
+            require(
                 list(points) == sorted(set(points)), "schedule", "decay_points", "must be strictly increasing"
             )
-        _require(self.power_a > 0, "schedule", "power_a", "must be > 0")
-        _require(self.power_b < 0, "schedule", "power_b", "must be < 0")
+        require(self.power_a > 0, "schedule", "power_a", "must be > 0")
+        require(self.power_b < 0, "schedule", "power_b", "must be < 0")
 
     def decay_length(self, budget: int) -> int:
         """Decay length in tokens for a run (or a wsd_s budget) of ``budget`` tokens."""
@@ -221,7 +281,7 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Section):
     """The training loop."""
 
     tokens: int = setting(
@@ -248,27 +308,28 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_size"):
-            _require(getattr(self, name) > 0, "training", name, "must be > 0")
-        _require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
+            require(getattr(self, name) > 0, "training", name, "must be > 0")
+        require(self.micro_batch_size >= 0, "training", "micro_batch_size", "must be >= 0")
         if self.micro_batch_size:
-            _require(
+            require(
                 self.batch_size % self.micro_batch_size == 0,
                 "training",
                 "micro_batch_size",
                 f"must divide batch_size={self.batch_size}",
             )
-        _require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
-        _require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
-        _require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
+        require(self.eval_every_tokens >= 0, "training", "eval_every_tokens", "must be >= 0")
+        require(self.divergence_factor > 1, "training", "divergence_factor", "must be > 1")
+        require(self.checkpoint_seconds >= 0, "training", "checkpoint_seconds", "must be >= 0")
 
 
 @dataclass(frozen=True)
-class AveragingConfig:
+class AveragingConfig(Section):
     """Weight averaging; a run reports the loss of the raw and of the averaged weights."""
 
-    kind: Literal["none", "ema", "anytime", "tail"] = setting(
+    kind: AveragingKind = setting(
         "none",
         "none; ema (fixed time constant); anytime (half-life grows with training); tail (uniform over the last part)",
+        column="averaging",
     )
     ema_tokens: int = setting(
         1_000_000, "ema: time constant, tokens (old-weight coefficient exp(-batch_tokens / ema_tokens))"
@@ -277,9 +338,9 @@ class AveragingConfig:
     tail_fraction: float = setting(0.2, "tail: average uniformly over this last fraction of the run")
 
     def __post_init__(self) -> None:
-        _require(self.ema_tokens > 0, "averaging", "ema_tokens", "must be > 0")
-        _require(self.anytime_gamma > 0, "averaging", "anytime_gamma", "must be > 0")
-        _require(0 < self.tail_fraction <= 1, "averaging", "tail_fraction", "must be in (0, 1]")
+        require(self.ema_tokens > 0, "averaging", "ema_tokens", "must be > 0")
+        require(self.anytime_gamma > 0, "averaging", "anytime_gamma", "must be > 0")
+        require(0 < self.tail_fraction <= 1, "averaging", "tail_fraction", "must be in (0, 1]")
 
 
 SECTION_TYPES: dict[str, type] = {
@@ -305,13 +366,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.schedule.name == "wsd_s":
-            _require(
+            require(
                 self.training.tokens in self.schedule.decay_points,
                 "training",
                 "tokens",
                 f"a wsd_s run's budget must be one of schedule.decay_points={self.schedule.decay_points}",
             )
-        _require(
+        require(
             self.schedule.warmup_tokens < self.training.tokens,
             "schedule",
             "warmup_tokens",
@@ -329,30 +390,28 @@ class RunConfig:
         return -(-self.training.tokens // self.batch_tokens)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain data: {section: {field: value}}."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTION_NAMES}
+        """Nested plain data: {section: {field: value}} (a fresh copy, safe to modify)."""
+        return {name: dict(getattr(self, name).values) for name in SECTION_NAMES}
 
     def flat(self) -> dict[str, Any]:
         """Flat plain data: {"section.field": value}."""
-        return {f"{s}.{k}": v for s, section in self.to_dict().items() for k, v in section.items()}
+        return {f"{name}.{k}": v for name in SECTION_NAMES for k, v in getattr(self, name).values.items()}
 
     def identity(self) -> dict[str, dict[str, Any]]:
         """The settings that change the run's result (what ``run_id`` hashes), without those at their
         ``legacy`` value (so that runs from before a setting existed keep their ids)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in SECTION_NAMES:
-            section = getattr(self, name)
-            out[name] = {
-                f.name: getattr(section, f.name)
-                for f in fields(section)
-                if f.metadata["identity"] and not at_legacy(f, getattr(section, f.name))
-            }
-        return out
+        return {name: getattr(self, name).identity() for name in SECTION_NAMES}
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """A stable id: a hash of exactly the settings that change the result."""
-        return stable_hash(self.identity())
+        """A stable id: ``stable_hash(self.identity())``, a hash of exactly the settings that change the result,
+        assembled from each section's cached canonical JSON (computed once per config)."""
+        text = (
+            "{"
+            + ",".join(f'"{name}":{getattr(self, name).identity_json}' for name in sorted(SECTION_NAMES))
+            + "}"
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
         """A copy with dotted overrides such as {"optimizer.lr": 1e-3}, validated like a file."""
@@ -367,8 +426,14 @@ class RunConfig:
         return RunConfig.from_dict(data, where)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
-        """Build and validate from {section: {field: value}}; missing sections and fields take defaults."""
+    def from_dict(
+        cls, data: dict[str, Any], where: str = "config", shared: dict[tuple, Any] | None = None
+    ) -> RunConfig:
+        """Build and validate from {section: {field: value}}; missing sections and fields take defaults.
+
+        ``shared``: a dict kept across calls (one sweep's expansion) in which equal sections are built once
+        and shared by every run that has them.
+        """
         unknown = sorted(set(data) - set(SECTION_NAMES))
         if unknown:
             raise ConfigError(
@@ -379,7 +444,18 @@ class RunConfig:
             raw = data.get(name, {})
             if not isinstance(raw, dict):
                 raise ConfigError(f"{where}: [{name}] must be a table of settings, got {type(raw).__name__}")
-            sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
+            if shared is None:
+                sections[name] = section_from_dict(section_type, raw, f"{where}: {name}")
+                continue
+            key = (
+                name,
+                *sorted(
+                    (k, type(v).__name__, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()
+                ),
+            )
+            if key not in shared:
+                shared[key] = section_from_dict(section_type, raw, f"{where}: {name}")
+            sections[name] = shared[key]
         try:
             return cls(**sections)
         except ConfigError as err:
@@ -400,14 +476,19 @@ def section_from_dict(section_type: type, raw: dict[str, Any], where: str) -> An
         raise ConfigError(f"{prefix}: {err}" if prefix else str(err)) from None
 
 
+@functools.cache
+def field_types(section_type: type) -> dict[str, Any]:
+    """{field: annotation} of a settings section (resolved once per section type)."""
+    return get_type_hints(section_type)
+
+
 def coerce_section(section_type: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Check the names and types of a section's values (no cross-field checks) and coerce them."""
-    hints = get_type_hints(section_type)
-    valid = [f.name for f in fields(section_type)]
+    hints = field_types(section_type)
     values = {}
     for key, value in raw.items():
         if key not in hints:
-            raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(valid)}")
+            raise ConfigError(f"{where}.{key}: unknown setting; valid: {', '.join(hints)}")
         values[key] = coerce(value, hints[key], f"{where}.{key}")
     return values
 
@@ -448,16 +529,22 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported setting type {annotation!r}")
 
 
-def at_legacy(f: dataclasses.Field, value: Any) -> bool:
-    """Whether ``value`` is field ``f``'s legacy value (the behaviour from before the field existed)."""
-    legacy = f.metadata["legacy"]
-    return legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no spaces: one text for equal data, whatever its key order."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def stable_hash(data: Any, length: int = 16) -> str:
     """Hex digest of canonical JSON: key order and int/float spelling of equal numbers do not matter."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:length]
+
+
+def in_identity(f: dataclasses.Field, value: Any) -> bool:
+    """Whether field ``f`` holding ``value`` enters the run id: a result setting not at its ``legacy`` value."""
+    legacy = f.metadata["legacy"]
+    return f.metadata["identity"] and not (
+        legacy is not NO_LEGACY and type(value) is type(legacy) and value == legacy
+    )
 
 
 def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
@@ -471,47 +558,3 @@ def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
                 (name, f.name, default, f.metadata["doc"], f.metadata["identity"], f.metadata["legacy"])
             )
     return rows
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """How a sweep runs: the ``[launch]`` section of a sweep file, every field overridable by ``plsweep launch``."""
-
-    partition: str = setting("", "Slurm partition (empty: the cluster's default)", identity=False)
-    account: str = setting("", "Slurm account", identity=False)
-    qos: str = setting("", "Slurm quality of service", identity=False)
-    time_minutes: int = setting(60, "time limit of one array task, minutes", identity=False)
-    gpus_per_task: int = setting(1, "GPUs per array task", identity=False)
-    cpus_per_task: int = setting(4, "CPUs per array task", identity=False)
-    mem_gb: float = setting(0.0, "memory per array task, GB (0: the cluster's default)", identity=False)
-    constraint: str = setting("", "Slurm --constraint (node features)", identity=False)
-    array_parallelism: int = setting(256, "array tasks of one array running at once", identity=False)
-    runs_per_task: int = setting(1, "runs packed into one array task, run one after another", identity=False)
-    sbatch_extra: list[str] = setting(
-        [], 'extra sbatch options, e.g. ["--exclude=node7", "--reservation=big"]', identity=False
-    )
-    signal_seconds: int = setting(
-        120, "seconds before the time limit at which workers checkpoint and requeue", identity=False
-    )
-    share_trunks: bool = setting(
-        True,
-        "train WSD or Power runs that differ only in tokens as one trunk with decay branches",
-        identity=False,
-    )
-    workers: int = setting(
-        0, "local executor: runs at once (0: one per GPU, else one per CPU core)", identity=False
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("time_minutes", "array_parallelism", "runs_per_task"):
-            _require(getattr(self, name) > 0, "launch", name, "must be > 0")
-        for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds"):
-            _require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
-        _require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
-        for line in self.sbatch_extra:
-            _require(
-                line.startswith("--"),
-                "launch",
-                "sbatch_extra",
-                f"{line!r} must be an option like --key=value",
-            )

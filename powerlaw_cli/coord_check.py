@@ -76,28 +76,42 @@ def coord_check(
     base_width = min(widths) if base_width is None else base_width
     rows: list[dict] = []
     for s in range(seed, seed + n_seeds):
-        tokens = torch.randint(vocab_size, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(s))
+        tokens = torch.randint(
+            vocab_size, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(s)
+        )
         idx, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
         for width in widths:
-            cfg = ModelConfig(width=width, depth=depth, n_heads=n_heads, seq_len=seq_len, vocab_size=vocab_size,
-                              parametrization=parametrization, base_width=base_width, positions=positions)
+            cfg = ModelConfig(
+                width=width,
+                depth=depth,
+                n_heads=n_heads,
+                seq_len=seq_len,
+                vocab_size=vocab_size,
+                parametrization=parametrization,
+                base_width=base_width,
+                positions=positions,
+            )
             rows += _train_and_record(GPT(cfg, seed=s), idx, targets, lr, steps, {"seed": s, "width": width})
     df = pd.DataFrame(rows)
     df.insert(0, "parametrization", parametrization)
     return df
 
 
-def _train_and_record(model: GPT, idx: torch.Tensor, targets: torch.Tensor, lr: float, steps: int,
-                      tags: dict) -> list[dict]:
+def _train_and_record(
+    model: GPT, idx: torch.Tensor, targets: torch.Tensor, lr: float, steps: int, tags: dict
+) -> list[dict]:
     """``steps`` forward passes on (idx, targets), an AdamW update after each; a row per module and step."""
     opt_cfg = OptimizerConfig(lr=lr, weight_decay=0.0)
-    opt = torch.optim.AdamW(model.param_groups(opt_cfg), betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.eps)
+    opt = torch.optim.AdamW(
+        model.param_groups(opt_cfg), betas=(opt_cfg.beta1, opt_cfg.beta2), eps=opt_cfg.eps
+    )
     rows: list[dict] = []
     step = 0
 
     def recorder(name: str):
         def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             rows.append({**tags, "step": step, "module": name, "l1": output.detach().abs().mean().item()})
+
         return hook
 
     handles = [m.register_forward_hook(recorder(name)) for name, m in modules_of_interest(model).items()]
@@ -140,20 +154,30 @@ class CoordCheckResult:
 
     def rows(self) -> list[dict]:
         """The per-module table as plain rows: module, step, growth, ok."""
-        return [{"module": r.module, "step": int(r.step), "growth": float(r.growth), "ok": bool(r.ok)}
-                for r in self.table.itertuples()]
+        return [
+            {"module": r.module, "step": int(r.step), "growth": float(r.growth), "ok": bool(r.ok)}
+            for r in self.table.itertuples()
+        ]
 
     def summary(self) -> str:
         """One line: the decision, the worst module and the bounds."""
         verdict = "PASS" if self.passed else f"FAIL ({', '.join(self.failed)})"
-        return (f"coord check {verdict}: worst {self.worst_module} x{self.worst_growth:.3f} per doubling of width; "
-                f"allowed x{self.min_growth:.3f}..x{self.tolerance:.3f}")
+        return (
+            f"coord check {verdict}: worst {self.worst_module} x{self.worst_growth:.3f} per doubling of width; "
+            f"allowed x{self.min_growth:.3f}..x{self.tolerance:.3f}"
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready: passed, failed, worst_module, worst_growth, tolerance, min_growth, modules (``rows()``)."""
-        return {"passed": self.passed, "failed": self.failed, "worst_module": self.worst_module,
-                "worst_growth": self.worst_growth, "tolerance": self.tolerance, "min_growth": self.min_growth,
-                "modules": self.rows()}
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "worst_module": self.worst_module,
+            "worst_growth": self.worst_growth,
+            "tolerance": self.tolerance,
+            "min_growth": self.min_growth,
+            "modules": self.rows(),
+        }
 
 
 def verdict(df: pd.DataFrame, tolerance: float = 1.2) -> CoordCheckResult:
@@ -167,5 +191,12 @@ def verdict(df: pd.DataFrame, tolerance: float = 1.2) -> CoordCheckResult:
     table["ok"] = (table["growth"] <= tolerance) & (table["growth"] >= min_growth)
     worst = int(np.argmax(np.abs(np.log(table["growth"]))))
     failed = table.loc[~table["ok"], "module"].tolist()
-    return CoordCheckResult(passed=not failed, table=table, failed=failed, worst_module=str(table["module"][worst]),
-                            worst_growth=float(table["growth"][worst]), tolerance=tolerance, min_growth=min_growth)
+    return CoordCheckResult(
+        passed=not failed,
+        table=table,
+        failed=failed,
+        worst_module=str(table["module"][worst]),
+        worst_growth=float(table["growth"][worst]),
+        tolerance=tolerance,
+        min_growth=min_growth,
+    )

@@ -9,7 +9,6 @@
 * ``val_batches(batch_size)`` -> the fixed held-out set, in order. It never depends on the run seed, so every
   run of a sweep is evaluated on the same tokens; the last batch may be smaller (weight it by
   ``targets.numel()``).
-* ``describe()`` -> one line for the results table's ``data`` column.
 
 Sources: ``synthetic`` (a seeded Markov language, sampled on the fly: infinite data), ``tokens``
 (nanoGPT-style ``.bin`` or ``.npy`` files, memory-mapped), ``text`` (bytes of a file or folder) and ``stdlib``
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .errors import PlsweepError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,7 +45,7 @@ SHARPNESS_LEVELS = 32  # ... in this many distinct values
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 
 
-class DataError(ValueError):
+class DataError(PlsweepError):
     """The data setting cannot be used: the message is one line naming the file and the setting."""
 
 
@@ -68,13 +68,6 @@ def stream_generator(*key: object) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-def _count(n: int) -> str:
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
 def _val_windows(tokens: np.ndarray, seq_len: int) -> torch.Tensor:
     """Consecutive windows of seq_len + 1 tokens, overlapping by one: each token but the first is a target."""
     flat = torch.from_numpy(np.array(tokens, dtype=np.int64))
@@ -95,19 +88,10 @@ class TokenSource(ABC):
     def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
         """The whole batch of step ``step`` of a run with seed ``seed``: (inputs, targets), (B, T) each."""
 
-    @abstractmethod
-    def describe(self) -> str:
-        """One line for the results table's ``data`` column, e.g. "text:/data/books (41.2M train tokens)"."""
-
     @property
     def val_sequences(self) -> int:
         """Sequences in the validation set; it predicts ``val_sequences * seq_len`` tokens."""
         return self._val_inputs.shape[0]
-
-    @property
-    def loss_floor(self) -> float | None:
-        """The lowest reachable loss in nats/token when known (synthetic data), else None."""
-        return None
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         """The fixed validation set in order, ``batch_size`` sequences at a time (the last may be smaller).
@@ -212,7 +196,6 @@ class SyntheticSource(TokenSource):
 
     def __init__(self, cfg: DataConfig, vocab_size: int, seq_len: int) -> None:
         self.language = markov_language(cfg.synthetic_seed, vocab_size, cfg.zipf_exponent)
-        self._label = f"synthetic:seed={cfg.synthetic_seed},zipf={cfg.zipf_exponent:g}"
         n_val = (cfg.val_tokens - 1) // seq_len  # as many sequences as a file source of val_tokens tokens
         # The val stream is keyed by the language, never by a run seed, and its tag differs from "train".
         val = self.language.sample(stream_generator("synthetic-val", cfg.synthetic_seed), n_val, seq_len + 1)
@@ -223,16 +206,9 @@ class SyntheticSource(TokenSource):
         """The language's true conditional entropy, nats/token: the loss floor of a perfect model."""
         return self.language.entropy
 
-    @property
-    def loss_floor(self) -> float | None:
-        return self.language.entropy
-
     def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
         seqs = self.language.sample(stream_generator("train", seed, step), batch_size, self.seq_len + 1)
         return seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous()
-
-    def describe(self) -> str:
-        return f"{self._label} (floor {self.entropy:.4f} nats/token)"
 
 
 # ---------------------------------------------------------------- file sources: random windows of an array
@@ -248,14 +224,12 @@ class WindowSource(TokenSource):
         val_tokens: np.ndarray,
         vocab_size: int,
         seq_len: int,
-        label: str,
         check_file: Path | None = None,
     ) -> None:
         """``open_train()`` returns the train array (re-opened per batch); ``check_file``: the train file
         whose ids each batch checks against ``vocab_size`` (None for bytes, always < 256 <= vocab_size)."""
         self._open_train = open_train
         self.n_train = n_train
-        self._label = label
         self._check_file = check_file
         super().__init__(vocab_size, seq_len, _val_windows(val_tokens, seq_len))
 
@@ -268,9 +242,6 @@ class WindowSource(TokenSource):
             _check_ids(windows, self.vocab_size, self._check_file)
         seqs = torch.from_numpy(windows)
         return seqs[:, :-1].contiguous(), seqs[:, 1:].contiguous()
-
-    def describe(self) -> str:
-        return f"{self._label} ({_count(self.n_train)} train tokens)"
 
 
 def _check_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
@@ -346,8 +317,7 @@ def load_tokens(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
         _need(val.path, val.length, cfg.val_tokens, "data.val_tokens")
         val_tokens = val.open()[: cfg.val_tokens]
         _check_ids(val_tokens, vocab_size, val.path)
-        label = f"tokens:{path}"
-        return WindowSource(train.open, train.length, val_tokens, vocab_size, seq_len, label, train.path)
+        return WindowSource(train.open, train.length, val_tokens, vocab_size, seq_len, train.path)
     if not path.exists():
         raise _fail(path, "no such file or folder")
     file = open_token_file(path, cfg.dtype)
@@ -360,7 +330,7 @@ def load_tokens(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
         # Recreate the memmap each batch: a long-lived one keeps every page it touched mapped (nanoGPT).
         return file.open()[:n_train]
 
-    return WindowSource(open_train, n_train, val_tokens, vocab_size, seq_len, f"tokens:{path}", path)
+    return WindowSource(open_train, n_train, val_tokens, vocab_size, seq_len, path)
 
 
 # ---------------------------------------------------------------- byte-level text and the standard library
@@ -429,7 +399,7 @@ def _read_corpus(key: tuple[tuple[str, int, int], ...], skip_binary: bool) -> np
 
 
 def _byte_source(
-    corpus: np.ndarray, cfg: DataConfig, vocab_size: int, seq_len: int, where: Path, label: str, setting: str
+    corpus: np.ndarray, cfg: DataConfig, vocab_size: int, seq_len: int, where: Path, setting: str
 ) -> WindowSource:
     need = cfg.val_tokens + seq_len + 1
     if corpus.size < need:
@@ -438,7 +408,7 @@ def _byte_source(
             "(data.val_tokens + model.seq_len + 1)"
         )
     n_train = corpus.size - cfg.val_tokens
-    return WindowSource(lambda: corpus[:n_train], n_train, corpus[n_train:], vocab_size, seq_len, label)
+    return WindowSource(lambda: corpus[:n_train], n_train, corpus[n_train:], vocab_size, seq_len)
 
 
 def load_text(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
@@ -452,7 +422,7 @@ def load_text(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
         corpus = read_corpus([path], skip_binary=False)
     else:
         raise _fail(path, "no such file or folder")
-    return _byte_source(corpus, cfg, vocab_size, seq_len, path, f"text:{path}", "data.path")
+    return _byte_source(corpus, cfg, vocab_size, seq_len, path, "data.path")
 
 
 def load_stdlib(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
@@ -461,7 +431,7 @@ def load_stdlib(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
     if not files:
         raise DataError(f"data.source=stdlib: no .py sources under '{root}' (this Python ships none)")
     corpus = read_corpus(files, skip_binary=True)
-    return _byte_source(corpus, cfg, vocab_size, seq_len, root, f"stdlib:{root}", "data.source=stdlib")
+    return _byte_source(corpus, cfg, vocab_size, seq_len, root, "data.source=stdlib")
 
 
 # ---------------------------------------------------------------- entry point

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .export import export, write_schedule_png
-from .fit import FitError, fit_sweep, load_runs, write_fit
+from .collect import CollectReport, collect
+from .export import export
+from .export_formats import write_schedule_png
+from .fit import FitError, run_fit
 from .launch import LaunchResult, launch
 from .spec import load_sweep
-from .store import CollectReport, SweepDir, collect
+from .store import SweepDir
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PAPER_LAW = "lr_opt = batch * 4.6 * T^-0.51"
@@ -49,31 +51,34 @@ def example_target(runs: list, scale: float = 10.0) -> tuple[int, int]:
     return max(r.training.batch_size for r in runs), int(scale * max(r.training.tokens for r in runs))
 
 
-def run_demo(spec: Path, out: Path, workers: int = 0, bootstrap: int = 1000,
-             target: tuple[int, int] | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> DemoResult:
-    """Launch ``spec`` locally into ``out`` (skipping recorded runs), then collect, fit and export.
+def run_demo(
+    spec: Path,
+    out: Path,
+    workers: int = 0,
+    bootstrap: int = 1000,
+    target: tuple[int, int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Launch ``spec`` locally into ``out`` (skipping recorded runs), then collect, fit (``fit.run_fit``,
+    the pipeline ``plsweep fit`` runs) and export.
 
     A sweep that supports no law (``fit_json`` None) or no Power schedule (``recommendation`` None) is
     a result, not an error: ``fit_error`` says why.
     """
-    from .plots import fit_figures  # matplotlib: only once there is something to draw
-
     sweep = load_sweep(spec)
     options = replace(sweep.launch, workers=workers) if workers else sweep.launch
     launched = launch(sweep, out, "local", options, on_progress=on_progress)
     result = DemoResult(out, launched, collect(SweepDir(out)))
     try:
-        fitted = fit_sweep(load_runs(out), n_boot=bootstrap).to_dict()
+        done = run_fit(out, out=out / "fit", n_boot=bootstrap)
     except FitError as err:
         result.fit_error = str(err)
         return result
-    result.fit_json = write_fit(fitted, out / "fit")
-    result.figures = fit_figures(fitted, out / "fit")
+    result.fit_json, result.figures = done.fit_json, done.figures
     batch, tokens = target or example_target(sweep.runs)
     seq_len = sweep.runs[0].model.seq_len
     try:
-        result.recommendation = export(fitted, batch, tokens, seq_len)
+        result.recommendation = export(done.fit, batch, tokens, seq_len, law="power")
         result.schedule_png = write_schedule_png(result.recommendation, out / "fit" / "target_schedule.png")
     except FitError as err:
         result.fit_error = str(err)

@@ -1,177 +1,336 @@
-"""``plsweep export``: the Power-scheduler constants and the recommended LR and batch for a target run.
+"""``plsweep export``: the recommendation for a target run, read from ``fit.json`` only.
 
-Reads only ``fit.json``. The constants come from the fit's ``power`` law, lr_opt = batch * a * T^b (batch
-in sequences, T in tokens; the Power paper's form with the batch exponent fixed to 1):
+A target is its length in tokens (D) with its batch size, its model size N (``params``), or both.
+Three laws of the fit answer, each chosen by name or automatically (``"auto"``: the fitted law of that
+quantity that uses the most of the variables the user gave, all its variables known; ties go to the
+one that uses the given batch, then to ``power``, then to the first fitted):
 
-- ``a``, ``b`` with their bootstrap intervals; ``lr_max`` (default 0.02, the paper's cap); warmup (default
-  1% of the target's tokens); decay over the last 10% of tokens, exponential to 0 (the paper's choice).
-- ``peak_lr``: the law's lr_opt at the target (batch, tokens), with its interval. That is the LR a WSD run
-  of that length should hold, and the LR the Power schedule reaches at the end of its stable phase
-  (lr_power(T) = batch * a * T^b), before the decay.
-- ``batch_size``: B_opt(T) from the fit's ``batch`` law when it was fitted, else the given batch.
+- the batch: the given one, else B_opt from a ``batch_opt`` law (rounded to whole sequences);
+- the peak LR: an ``lr_opt`` law at (batch, tokens, N, ...). A law without the batch (``lr_opt ~ N + D``)
+  gives the LR at the optimal batch, and says so when the batch used is not within B_opt's interval;
+- the loss, with a ``loss_opt`` law over variables the target gives.
 
-The schedule itself is ``schedules.PowerSchedule`` (no second copy of the formula here). Formats:
-``json``, ``yaml``, ``lm-engine`` (its PowerScheduler arguments: a_coded = batch * a, c = batch * seq_len)
-and ``torch`` (a Python snippet with ``PowerSchedule`` and ``lambda_lr``). A flagged or poorly determined law
-puts warnings in every format.
+Each comes with its bootstrap interval. When the LR law is the Power paper's form (lr_opt = a * batch *
+T^b, batch in sequences, T in tokens) the Power schedule follows: ``a``, ``b`` with their intervals,
+``lr_max`` (default 0.02, the paper's cap), warmup (default 1% of the run), decay over the last 10%,
+exponential to 0 (the paper's choice); ``peak_lr`` is lr_power(T) = batch * a * T^b, the LR a WSD run of
+that length should hold. With a sequence length the schedule is **step-aligned**: the run takes
+steps = ceil(tokens / tokens_per_step), warmup and decay are whole numbers of steps (rounded from their
+fractions), and the schedule's tokens are those steps times tokens_per_step, so that every format
+describes the same LR at every step (``export_formats``: json, yaml, lm-engine, torch). Flagged, poorly
+determined or extrapolated laws put warnings in every format.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+import math
+from typing import Any, get_args
 
-import yaml
-
-from .fit_laws import FitError, extrapolation_notes, predict_law
-from .schedules import PowerSchedule, sample
+from .config import DecayShape
+from .fit_spec import FitError
+from .schedules import PowerSchedule
 from .store import json_ready
 
-FORMATS = ("json", "yaml", "lm-engine", "torch")
+DECAY_SHAPES: tuple[str, ...] = get_args(DecayShape)
 PAPER_LR_MAX = 0.02
-SCHEDULE_FRACTIONS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-UNITS = {"lr": "base Adam LR at width == base_width (muP), absolute", "batch_size": "sequences",
-         "tokens": "tokens", "a": "lr per sequence of batch at 1 token: lr_opt = batch * a * T^b",
-         "b": "dimensionless exponent of tokens", "steps": "optimizer steps (tokens / (batch * seq_len))"}
+SCHEDULE_FRACTIONS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+UNITS = {
+    "lr": "base Adam LR at width == base_width (muP), absolute",
+    "batch_size": "sequences",
+    "tokens": "tokens",
+    "params_non_embedding": "parameters",
+    "a": "lr per sequence of batch at 1 token: lr_opt = batch * a * T^b",
+    "b": "dimensionless exponent of tokens",
+    "steps": "optimizer steps of tokens_per_step = batch * seq_len tokens",
+}
 
 
-def export(fit: dict, batch_size: int, tokens: float, seq_len: int | None = None, *, law: str = "power",
-           lr_max: float = PAPER_LR_MAX, warmup_tokens: float | None = None, warmup_fraction: float = 0.01,
-           decay_fraction: float = 0.1, decay_shape: str = "exponential", final_ratio: float = 0.0) -> dict[str, Any]:
-    """The recommendation for a target run of ``tokens`` tokens at ``batch_size`` sequences (JSON-ready)."""
-    power = _power_law(fit, law)
-    a, b = power["a"], power["exponents"]["tokens"]
-    if b["value"] >= 0:
-        raise FitError(f"law {law!r}: fitted token exponent b = {b['value']:.3g} [{b['low']:.3g}, {b['high']:.3g}] is not "
-                       "negative (lr_opt does not fall with tokens), so there is no Power schedule to export; "
-                       "widen the token budgets or add seeds")
-    warmup = round(warmup_fraction * tokens) if warmup_tokens is None else warmup_tokens
-    schedule = PowerSchedule(lr_max, a["value"], b["value"], batch_size, tokens, warmup,
-                             round(decay_fraction * tokens), decay_shape, final_ratio)
-    peak = predict_law(power, {"batch_size": batch_size, "tokens": tokens})
-    out = {
-        "target": {"batch_size": batch_size, "tokens": tokens, "seq_len": seq_len,
-                   "batch_tokens": batch_size * seq_len if seq_len else None,
-                   "steps": -(-int(tokens) // (batch_size * seq_len)) if seq_len else None},
-        "constants": {"a": a, "b": b, "lr_max": lr_max, "warmup_tokens": schedule.warmup_tokens,
-                      "decay_tokens": schedule.decay_tokens, "decay_shape": decay_shape, "final_ratio": final_ratio,
-                      "law": power["formula"], "law_name": law},
-        "recommended": {"peak_lr": {**peak._asdict(), "meaning": "lr_opt = batch * a * T^b at the target"},
-                        "batch_size": _batch(fit, batch_size, tokens)},
-        "schedule": [_point(schedule, f * tokens, batch_size, seq_len) for f in SCHEDULE_FRACTIONS]
-        + [_point(schedule, schedule.decay_start, batch_size, seq_len), _point(schedule, tokens, batch_size, seq_len)],
-        "units": UNITS, "source": fit.get("source"),
+def export(
+    fit: dict,
+    batch_size: int | None,
+    tokens: float,
+    seq_len: int | None = None,
+    *,
+    params: float | None = None,
+    law: str = "auto",
+    batch_law: str = "auto",
+    loss_law: str = "auto",
+    lr_max: float = PAPER_LR_MAX,
+    warmup_fraction: float = 0.01,
+    decay_fraction: float = 0.1,
+    decay_shape: str = "exponential",
+    final_ratio: float = 0.0,
+) -> dict[str, Any]:
+    """The recommendation for a target run of ``tokens`` tokens (JSON-ready); see the module docstring."""
+    _check(
+        batch_size, tokens, seq_len, params, lr_max, warmup_fraction, decay_fraction, decay_shape, final_ratio
+    )
+    given = {"tokens": float(tokens)} | ({"params_non_embedding": float(params)} if params else {})
+    batch = _batch(fit, batch_law, given, batch_size)
+    values = given | {"batch_size": float(batch["used"])}
+    lr_name = _choose(fit, "lr_opt", law, values, given | ({"batch_size": batch_size} if batch_size else {}))
+    lr_law = fit["laws"][lr_name]
+    peak = _predict(lr_law, values)
+    out: dict[str, Any] = {
+        "target": _target(batch["used"], tokens, params, seq_len),
+        "recommended": {
+            "peak_lr": {**peak, "law": lr_name, "formula": lr_law["formula"], "meaning": _lr_meaning(lr_law)},
+            "batch_size": {k: v for k, v in batch.items() if k != "used"},
+        },
+        "units": UNITS,
+        "source": fit.get("source"),
     }
-    out["schedule"].sort(key=lambda p: p["tokens"])
-    out["warnings"] = _warnings(fit, power, batch_size, tokens, lr_max, peak.value)
+    loss_name = _choose(fit, "loss_opt", loss_law, values, given, required=loss_law != "auto")
+    if loss_name:
+        loss = fit["laws"][loss_name]
+        out["recommended"]["loss"] = {**_predict(loss, values), "law": loss_name, "formula": loss["formula"]}
+    if _is_power_form(lr_law):
+        schedule = _schedule(
+            lr_law, out["target"], lr_max, warmup_fraction, decay_fraction, decay_shape, final_ratio
+        )
+        out["constants"] = _constants(lr_law, lr_name, schedule, out["target"])
+        out["schedule"] = _points(schedule, out["target"])
+    else:
+        out["constants"] = out["schedule"] = None
+        out["schedule_note"] = (
+            f"law {lr_name!r} is not the Power form (lr_opt = a * batch^1 * tokens^b), so there "
+            "is no Power schedule; the peak LR is for a WSD or cosine run of this length"
+        )
+    out["warnings"] = _warnings(fit, out, lr_name, loss_name, batch, given, values)
     out["flagged"] = bool(out["warnings"])
     return json_ready(out)
 
 
-def _power_law(fit: dict, name: str) -> dict:
-    law = fit.get("laws", {}).get(name)
-    if law is None:
-        raise FitError(f"the fit has no law {name!r}; laws: {', '.join(fit.get('laws', {}))}")
-    if law["status"] != "fitted":
-        raise FitError(f"law {name!r} was not fitted ({law.get('error')}); cannot export Power constants")
-    exps = law["exponents"]
-    if set(exps) != {"batch_size", "tokens"} or not exps["batch_size"]["fixed"] or exps["batch_size"]["value"] != 1:
-        raise FitError(f"law {name!r} is {law['formula']}; export needs lr_opt = a * batch_size^1 * tokens^b")
-    return law
+def _check(batch_size, tokens, seq_len, params, lr_max, warmup, decay, shape, final_ratio) -> None:
+    checks = [
+        (math.isfinite(tokens) and tokens > 0, f"--tokens {tokens:g}: must be a positive number"),
+        (batch_size is None or batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
+        (seq_len is None or seq_len >= 1, f"--seq-len {seq_len}: must be at least 1"),
+        (params is None or (math.isfinite(params) and params > 0), f"--params {params}: must be positive"),
+        (math.isfinite(lr_max) and lr_max > 0, f"--lr-max {lr_max:g}: must be positive"),
+        (
+            0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1,
+            f"--warmup-fraction {warmup:g} and --decay-fraction {decay:g}: each in [0, 1], together at most 1",
+        ),
+        (shape in DECAY_SHAPES, f"--decay-shape {shape!r}: valid: {', '.join(DECAY_SHAPES)}"),
+        (0 <= final_ratio <= 1, f"final ratio {final_ratio:g}: must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FitError(message)
 
 
-def _batch(fit: dict, given: int, tokens: float) -> dict:
-    law = fit.get("laws", {}).get("batch")
-    if not law or law["status"] != "fitted" or law["variables"] != ["tokens"]:
-        why = law["error"] if law and law["status"] != "fitted" else "no batch law ~ tokens in the fit"
-        return {"value": given, "low": None, "high": None, "source": f"given ({why})"}
-    value, low, high = predict_law(law, {"tokens": tokens})
-    return {"value": value, "low": low, "high": high, "source": f"batch law {law['formula']}",
-            "warnings": law["warnings"] + extrapolation_notes(law, {"tokens": tokens})}
+def _predict(law: dict, values: dict[str, float]) -> dict:
+    from .fit_laws import predict_law  # scipy and pandas only when exporting, not at CLI start-up
+
+    return predict_law(law, values)._asdict()
 
 
-def _point(schedule: PowerSchedule, tokens: float, batch_size: int, seq_len: int | None) -> dict:
-    step = int(tokens // (batch_size * seq_len)) if seq_len else None
-    return {"tokens": tokens, "step": step, "lr": schedule(tokens)}
+def _choose(fit: dict, y: str, name: str, values: dict, given: dict, required: bool = True) -> str | None:
+    """The law of quantity ``y`` to use: ``name``, or the best fitted one evaluable at ``values``."""
+    laws = fit.get("laws", {})
+    if name != "auto":
+        law = laws.get(name)
+        if law is None:
+            raise FitError(f"the fit has no law {name!r}; laws: {', '.join(laws)}")
+        if law["status"] != "fitted" or law["y"] != y:
+            why = (
+                f"was not fitted ({law.get('error')})"
+                if law["status"] != "fitted"
+                else f"is a {law['y']} law"
+            )
+            raise FitError(f"law {name!r} {why}; {y} needs a fitted {y} law")
+        missing = [v for v in law["variables"] if v not in values]
+        if missing:
+            raise FitError(
+                f"law {name!r} needs {', '.join(law['variables'])}; the target lacks {', '.join(missing)} "
+                "(give --batch-size, --params)"
+            )
+        return name
+    order = list(laws)
+    ranked = sorted(
+        (
+            n
+            for n, law in laws.items()
+            if law["status"] == "fitted" and law["y"] == y and all(v in values for v in law["variables"])
+        ),
+        key=lambda n: (
+            -sum(v in given for v in laws[n]["variables"]),
+            -("batch_size" in given and "batch_size" in laws[n]["variables"]),
+            n != "power",
+            order.index(n),
+        ),
+    )
+    if ranked:
+        return ranked[0]
+    if required:
+        fitted = [
+            f"{n} ({', '.join(law['variables'])})"
+            for n, law in laws.items()
+            if law["status"] == "fitted" and law["y"] == y
+        ]
+        hint = "; give --batch-size" if y == "batch_opt" else ""
+        raise FitError(
+            f"no fitted {y} law can answer for this target ({', '.join(values)}); "
+            + (f"fitted {y} laws: {'; '.join(fitted)}" if fitted else f"the fit has no {y} law")
+            + hint
+        )
+    return None
 
 
-def _warnings(fit: dict, law: dict, batch_size: int, tokens: float, lr_max: float, peak: float) -> list[str]:
-    out = [f"law {law['name']}: {w}" for w in law["warnings"]]
-    out += [f"law {law['name']}: {n}" for n in extrapolation_notes(law, {"batch_size": batch_size, "tokens": tokens})]
-    transfer = fit.get("transfer", {})
-    if transfer.get("verdict") in ("shifts", "uncertain"):
-        out.append(f"muP transfer across widths {transfer.get('widths')}: {transfer['verdict']}")
-    excluded = fit.get("n_cells", {}).get("excluded", 0)
-    if excluded:
-        out.append(f"{excluded} of {fit['n_cells']['total']} cells were excluded from the fit (see fit.json)")
-    if peak > lr_max:
-        out.append(f"the law's lr_opt {peak:.3g} is above lr_max {lr_max:g}: the cap binds for the whole run")
-    return out
-
-
-def target_schedule(rec: dict) -> PowerSchedule:
-    """The target's ``PowerSchedule`` rebuilt from an ``export`` result."""
-    c, t = rec["constants"], rec["target"]
-    return PowerSchedule(c["lr_max"], c["a"]["value"], c["b"]["value"], t["batch_size"], t["tokens"],
-                         c["warmup_tokens"], c["decay_tokens"], c["decay_shape"], c["final_ratio"])
-
-
-def lm_engine_arguments(rec: dict) -> dict[str, Any]:
-    """lm-engine's PowerScheduler settings for the target (needs ``seq_len``); warmup/decay in steps."""
-    t = rec["target"]
-    if not t["seq_len"]:
-        raise FitError("the lm-engine format needs the target's sequence length: --seq-len L")
-    schedule, per_step = target_schedule(rec), t["batch_size"] * t["seq_len"]
+def _batch(fit: dict, name: str, given: dict, batch_size: int | None) -> dict:
+    """The batch used (given, else B_opt rounded), with the batch law's value and interval when it has one."""
+    law_name = _choose(fit, "batch_opt", name, given, given, required=name != "auto" or batch_size is None)
+    if law_name is None:
+        return {"used": batch_size, "value": batch_size, "low": None, "high": None, "source": "given"}
+    law = fit["laws"][law_name]
+    opt = _predict(law, given)
+    used = batch_size if batch_size else max(1, round(opt["value"]))
+    source = "given" if batch_size else f"batch law {law_name} ({law['formula']}), rounded"
     return {
-        "lr_decay_style": "power",
-        "max_lr": schedule.lr_max,
-        "num_warmup_steps": round(schedule.warmup_tokens / per_step),
-        "num_decay_steps": round(schedule.decay_tokens / per_step),
-        "extra_lr_scheduler_args": schedule.lm_engine_arguments(t["seq_len"]),
+        "used": used,
+        "value": used,
+        "low": None if batch_size else opt["low"],
+        "high": None if batch_size else opt["high"],
+        "source": source,
+        "batch_opt": {**opt, "law": law_name, "formula": law["formula"]},
     }
 
 
-def render(rec: dict, fmt: str = "json") -> str:
-    """The recommendation as text in ``fmt`` (one of ``FORMATS``); warnings are visible in each."""
-    if fmt == "json":
-        return json.dumps(rec, indent=1)
-    header = "".join(f"# WARNING: {w}\n" for w in rec["warnings"])
-    if fmt == "yaml":
-        return header + yaml.safe_dump(rec, sort_keys=False)
-    if fmt == "lm-engine":
-        note = ("# lm-engine PowerScheduler: lr = min(max_lr, a * (step * c)^b), a = batch * a_plsweep, c = tokens per step.\n"
-                "# lm-engine has no decay phase of its own: num_decay_steps is the decay plsweep recommends\n"
-                f"# ({rec['constants']['decay_shape']} to {rec['constants']['final_ratio']} x), to be applied separately.\n")
-        return header + note + yaml.safe_dump(lm_engine_arguments(rec), sort_keys=False)
-    if fmt == "torch":
-        return header + _torch_snippet(rec)
-    raise FitError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+def _target(batch: int, tokens: float, params: float | None, seq_len: int | None) -> dict:
+    per_step = batch * seq_len if seq_len else None
+    return {
+        "batch_size": batch,
+        "tokens": tokens,
+        "params_non_embedding": params,
+        "seq_len": seq_len,
+        "batch_tokens": per_step,
+        "tokens_per_step": per_step,
+        "steps": math.ceil(tokens / per_step) if per_step else None,
+    }
 
 
-def _torch_snippet(rec: dict) -> str:
-    t, c = rec["target"], rec["constants"]
-    if not t["seq_len"]:
-        raise FitError("the torch format needs the target's sequence length: --seq-len L")
-    peak = rec["recommended"]["peak_lr"]
+def _lr_meaning(law: dict) -> str:
+    if "batch_size" in law["variables"]:
+        return f"lr_opt from {law['formula']} at the target's batch"
+    return f"lr_opt from {law['formula']}: the optimal LR at the optimal batch"
+
+
+def _is_power_form(law: dict) -> bool:
+    exps = law.get("exponents", {})
     return (
-        f"# Power schedule from plsweep: lr_opt = batch * a * T^b; peak LR at the target {peak['value']:.4g} "
-        f"[{peak['low']:.4g}, {peak['high']:.4g}]\n"
-        "# `model` is yours; build the optimizer with lr = schedule.peak_lr (= lr_max), muP groups keep their multipliers.\n"
-        "import torch\n\n"
-        "from powerlaw_cli.schedules import PowerSchedule, lambda_lr\n\n"
-        f"schedule = PowerSchedule(lr_max={c['lr_max']!r}, a={c['a']['value']!r}, b={c['b']['value']!r}, "
-        f"batch_size={t['batch_size']!r}, total_tokens={t['tokens']!r}, warmup_tokens={c['warmup_tokens']!r}, "
-        f"decay_tokens={c['decay_tokens']!r}, decay_shape={c['decay_shape']!r}, final_ratio={c['final_ratio']!r})\n"
-        "optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr)\n"
-        f"scheduler = lambda_lr(optimizer, schedule, tokens_per_step={t['batch_size'] * t['seq_len']})\n"
+        law.get("form", "power") == "power"
+        and set(exps) == {"batch_size", "tokens"}
+        and exps["batch_size"]["fixed"]
+        and exps["batch_size"]["value"] == 1
     )
 
 
-def write_schedule_png(rec: dict, path: str | Path) -> Path:
-    """A PNG of the target's LR against tokens."""
-    from .plots import plot_schedule
+def _schedule(
+    law: dict, target: dict, lr_max, warmup_fraction, decay_fraction, decay_shape, final_ratio
+) -> PowerSchedule:
+    a, b = law["a"], law["exponents"]["tokens"]
+    if b["value"] >= 0:
+        raise FitError(
+            f"law {law['name']!r}: fitted token exponent b = {b['value']:.3g} [{b['low']:.3g}, {b['high']:.3g}] "
+            "is not negative (lr_opt does not fall with tokens), so there is no Power schedule to export; "
+            "widen the token budgets or add seeds"
+        )
+    if target["steps"]:  # step-aligned: whole steps for warmup and decay, and for the run
+        per_step, steps = target["tokens_per_step"], target["steps"]
+        total = steps * per_step
+        warmup, decay = round(warmup_fraction * steps) * per_step, round(decay_fraction * steps) * per_step
+    else:
+        total = target["tokens"]
+        warmup, decay = warmup_fraction * total, decay_fraction * total
+    try:
+        return PowerSchedule(
+            lr_max,
+            a["value"],
+            b["value"],
+            target["batch_size"],
+            total,
+            warmup,
+            decay,
+            decay_shape,
+            final_ratio,
+        )  # type: ignore[arg-type]
+    except ValueError as err:
+        raise FitError(f"Power schedule: {err}") from None
 
-    t = rec["target"]
-    title = f"Power schedule: batch {t['batch_size']} seq, {t['tokens']:.3g} tokens"
-    return plot_schedule(sample(target_schedule(rec), t["tokens"], 400), path, title)
+
+def _constants(law: dict, name: str, schedule: PowerSchedule, target: dict) -> dict:
+    per_step = target["tokens_per_step"]
+    return {
+        "a": law["a"],
+        "b": law["exponents"]["tokens"],
+        "lr_max": schedule.lr_max,
+        "total_tokens": schedule.total_tokens,
+        "warmup_tokens": schedule.warmup_tokens,
+        "decay_tokens": schedule.decay_tokens,
+        "warmup_steps": round(schedule.warmup_tokens / per_step) if per_step else None,
+        "decay_steps": round(schedule.decay_tokens / per_step) if per_step else None,
+        "decay_shape": schedule.decay_shape,
+        "final_ratio": schedule.final_ratio,
+        "law": law["formula"],
+        "law_name": name,
+        "step_aligned": bool(per_step),
+        "schedule": "lr(n) = min(lr_max, batch * a * n^b), n = tokens seen; "
+        "warmup: n / warmup_tokens * lr(warmup_tokens); decay over the last decay_tokens of total_tokens",
+    }
+
+
+def _points(schedule: PowerSchedule, target: dict) -> list[dict]:
+    per_step = target["tokens_per_step"]
+    if per_step:
+        steps = sorted(
+            {round(f * target["steps"]) for f in SCHEDULE_FRACTIONS}
+            | {round(schedule.warmup_tokens / per_step), round(schedule.decay_start / per_step)}
+        )
+        return [{"tokens": s * per_step, "step": s, "lr": schedule(s * per_step)} for s in steps]
+    tokens = sorted({f * schedule.total_tokens for f in SCHEDULE_FRACTIONS} | {schedule.decay_start})
+    return [{"tokens": t, "step": None, "lr": schedule(t)} for t in tokens]
+
+
+def _warnings(fit, out, lr_name, loss_name, batch, given, values) -> list[str]:
+    from .fit_laws import extrapolation_notes
+
+    laws = fit["laws"]
+    from_law = batch["source"] != "given"
+    used = [lr_name, *([loss_name] if loss_name else []), *([batch["batch_opt"]["law"]] if from_law else [])]
+    warn = [f"law {n}: {w}" for n in dict.fromkeys(used) for w in laws[n]["warnings"]]
+    warn += [f"law {n}: {note}" for n in dict.fromkeys(used) for note in extrapolation_notes(laws[n], values)]
+    lr_law = laws[lr_name]
+    warn += [
+        f"law {lr_name} does not use {v} (the target gives {given[v]:.4g}): its lr_opt pools every {v} of the fit"
+        for v in given
+        if v not in lr_law["variables"]
+    ]
+    opt = batch.get("batch_opt")
+    if (
+        "batch_size" not in lr_law["variables"]
+        and opt
+        and not from_law
+        and opt["low"] is not None
+        and not opt["low"] <= batch["used"] <= opt["high"]
+    ):
+        warn.append(
+            f"law {lr_name} gives the LR at the optimal batch {opt['value']:.4g} [{opt['low']:.4g}, "
+            f"{opt['high']:.4g}], not at the given batch {batch['used']}"
+        )
+    transfer = fit.get("transfer", {})
+    if transfer.get("verdict") in ("shifts", "uncertain"):
+        warn.append(f"muP transfer across widths {transfer.get('widths')}: {transfer['verdict']}")
+    kinds = {"groups" if laws[n].get("fitted_on", "cells").startswith("groups") else "cells" for n in used}
+    for what in sorted(kinds):  # exclusions among the points the laws used were fitted to
+        counts = fit.get(f"n_{what}", {})
+        if counts.get("excluded"):
+            warn.append(
+                f"{counts['excluded']} of {counts['total']} {what} were excluded from the fit (see fit.json)"
+            )
+    if out["constants"] and out["recommended"]["peak_lr"]["value"] > out["constants"]["lr_max"]:
+        warn.append(
+            f"the law's lr_opt {out['recommended']['peak_lr']['value']:.3g} is above lr_max "
+            f"{out['constants']['lr_max']:g}: the cap binds for the whole run"
+        )
+    return warn

@@ -1,7 +1,7 @@
-"""Questions asked across cells: the optimal batch size per token budget, the Power paper's top-k
-gamma, and whether lr_opt transfers across widths (muP).
+"""Questions asked across cells: the Power paper's top-k gamma, and whether lr_opt transfers across
+widths (muP). (The optimal batch of a group is ``fit_joint``'s.)
 
-All take the per-cell frame built by ``fit.find_cell_optima`` (one row per cell, ``status`` used or
+All take the per-cell frame built by ``fit_cells.find_cell_optima`` (one row per cell, ``status`` used or
 excluded) and the list of cell key columns.
 """
 
@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 import pandas as pd
-
-from .fit_optimum import find_optimum
 
 WIDTH_LINKED = ("width", "params_non_embedding", "n_heads")  # change together with width in a muP sweep
 
@@ -31,30 +29,6 @@ def _varying(cells: pd.DataFrame, keys: list[str]) -> list[str]:
     return [k for k in keys if cells[k].nunique(dropna=False) > 1]
 
 
-def batch_optima(cells: pd.DataFrame, keys: list[str], *, window: int = 1, min_batches: int = 3) -> pd.DataFrame:
-    """Per group of used cells that differ only in batch size: the batch with the lowest loss_opt.
-
-    A parabola in log2 batch on a centred window (as for LR); edge optima are excluded with the reason.
-    Returns one row per group: its keys, ``group``, ``status``, ``reason``, ``batch_opt``, ``sigma_log2``,
-    ``batches`` and ``losses``.
-    """
-    used = cells[cells["status"] == "used"]
-    group_keys = [k for k in keys if k not in ("batch_size", "batch_tokens")]
-    shown = _varying(used, group_keys) if len(used) else []
-    rows = []
-    for values, group in (used.groupby(group_keys, dropna=False, sort=True) if group_keys else [((), used)]):
-        values = values if isinstance(values, tuple) else (values,)
-        g = group.sort_values("batch_size")
-        opt = find_optimum(g["batch_size"].to_numpy(float), g["loss_opt"].to_numpy(float), window=window,
-                           min_points=min_batches, divergence_brackets=False, label="batch size")
-        row = dict(zip(group_keys, values, strict=True))
-        row.update(group=group_label(shown, tuple(row[k] for k in shown)), status=opt.status, reason=opt.reason,
-                   method=opt.method, batch_opt=opt.lr_opt, sigma_log2=opt.sigma_log2,
-                   batches=g["batch_size"].tolist(), losses=g["loss_opt"].tolist(), notes=opt.notes)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def top_k_gamma(cells: pd.DataFrame, keys: list[str], k: int) -> pd.DataFrame:
     """The Power paper's points: per group of cells differing only in batch, the k batches with the lowest
     loss_opt, and gamma = geometric mean of lr_opt / batch over them.
@@ -70,14 +44,25 @@ def top_k_gamma(cells: pd.DataFrame, keys: list[str], k: int) -> pd.DataFrame:
         best = group.nsmallest(k, "loss_opt")
         gamma = float(np.exp(np.mean(np.log(best["lr_opt"] / best["batch_size"]))))
         row = dict(zip(group_keys, values if isinstance(values, tuple) else (values,), strict=True))
-        row.update(cell=group_label(shown, tuple(row[c] for c in shown)), lr_opt=gamma, batch_size=1.0,
-                   batches=best["batch_size"].tolist())
+        row.update(
+            cell=group_label(shown, tuple(row[c] for c in shown)),
+            lr_opt=gamma,
+            batch_size=1.0,
+            batches=best["batch_size"].tolist(),
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def transfer_check(cells: pd.DataFrame, keys: list[str], *, tolerance: float = 2.0, n_boot: int = 1000,
-                   seed: int = 0, ci: float = 0.95) -> dict:
+def transfer_check(
+    cells: pd.DataFrame,
+    keys: list[str],
+    *,
+    tolerance: float = 2.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
     """Does lr_opt stay put across widths? Needs used cells at two or more widths, other keys equal.
 
     The statistic is the shift of lr_opt over the sweep's width range: the slope s of log2 lr_opt on
@@ -91,8 +76,11 @@ def transfer_check(cells: pd.DataFrame, keys: list[str], *, tolerance: float = 2
     if "width" not in used or used["width"].nunique() < 2:
         return {"status": "skipped", "reason": "the usable cells have fewer than 2 widths"}
     group_keys = [k for k in keys if k not in WIDTH_LINKED]
-    groups = [g for _, g in (used.groupby(group_keys, dropna=False) if group_keys else [((), used)])
-              if g["width"].nunique() >= 2]
+    groups = [
+        g
+        for _, g in (used.groupby(group_keys, dropna=False) if group_keys else [((), used)])
+        if g["width"].nunique() >= 2
+    ]
     if not groups:
         return {"status": "skipped", "reason": "no cells differ only in width"}
     shown = _varying(used, group_keys)
@@ -101,17 +89,36 @@ def transfer_check(cells: pd.DataFrame, keys: list[str], *, tolerance: float = 2
     boot = _transfer_bootstrap(groups, span, n_boot, seed)
     low, high = np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)])
     tol = math.log2(tolerance)
-    verdict = ("transfers" if abs(shift) <= tol and -tol <= low and high <= tol
-               else "shifts" if low > tol or high < -tol else "uncertain")
+    verdict = (
+        "transfers"
+        if abs(shift) <= tol and -tol <= low and high <= tol
+        else "shifts"
+        if low > tol or high < -tol
+        else "uncertain"
+    )
     return {
-        "status": "checked", "verdict": verdict, "tolerance_factor": tolerance,
+        "status": "checked",
+        "verdict": verdict,
+        "tolerance_factor": tolerance,
         "statistic": "lr_opt(max width) / lr_opt(min width) from the slope of log2 lr_opt on log2 width",
         "shift_factor": {"value": 2.0**shift, "low": 2.0**low, "high": 2.0**high},
-        "widths": sorted(int(w) for w in used["width"].unique()), "n_groups": len(groups),
-        "bootstrap": {"n": n_boot, "seed": seed, "ci": ci, "resampled": "groups, plus each cell's sigma_log2"},
-        "groups": [{"group": group_label(shown, tuple(g[k].iloc[0] for k in shown)),
-                    "widths": g["width"].astype(int).tolist(), "lr_opt": g["lr_opt"].tolist(),
-                    "max_over_min": float(g["lr_opt"].max() / g["lr_opt"].min())} for g in groups],
+        "widths": sorted(int(w) for w in used["width"].unique()),
+        "n_groups": len(groups),
+        "bootstrap": {
+            "n": n_boot,
+            "seed": seed,
+            "ci": ci,
+            "resampled": "groups, plus each cell's sigma_log2",
+        },
+        "groups": [
+            {
+                "group": group_label(shown, tuple(g[k].iloc[0] for k in shown)),
+                "widths": g["width"].astype(int).tolist(),
+                "lr_opt": g["lr_opt"].tolist(),
+                "max_over_min": float(g["lr_opt"].max() / g["lr_opt"].min()),
+            }
+            for g in groups
+        ],
     }
 
 
@@ -128,7 +135,10 @@ def _transfer_bootstrap(groups, span, n_boot, seed) -> np.ndarray:
     out = np.empty(n_boot)
     for b in range(n_boot):
         pick = [groups[i] for i in rng.integers(0, len(groups), len(groups))] if len(groups) > 1 else groups
-        ys = [np.log2(g["lr_opt"].to_numpy(float)) + rng.normal(0, np.nan_to_num(g["sigma_log2"].to_numpy(float)))
-              for g in pick]
+        ys = [
+            np.log2(g["lr_opt"].to_numpy(float))
+            + rng.normal(0, np.nan_to_num(g["sigma_log2"].to_numpy(float)))
+            for g in pick
+        ]
         out[b] = _slope(pick, ys) * span
     return out

@@ -1,10 +1,13 @@
 """Turn a sweep into tasks and run them: Slurm job arrays through submitit, local processes, or in-process.
 
-A launch writes the sweep directory (spec copy, manifest), finds the runs that still need work (no
-record, not queued; failed ones only with ``retry_failed``), packs whole chains into tasks of about
-``runs_per_task`` runs, and hands each task to an executor as (sweep directory, launch, task index).
-On Slurm, tasks go out as arrays of at most MaxArraySize tasks (indices restarting at 0) and
-``launch`` returns at once; locally it runs them with at most ``workers`` processes and returns when done.
+A launch holds the sweep directory's launch lock from reading its state to recording what it
+submitted, so two launches of one sweep never submit the same runs. It writes the spec copy and the
+manifest, asks ``runstate`` which runs need work (lost ones; failed ones only with ``retry_failed``),
+packs whole chains into tasks of about ``runs_per_task`` runs, and hands each task to an executor as
+(sweep directory, launch, task index). On Slurm it first checks that the tasks fit under the
+controller's limits, sends arrays of at most MaxArraySize tasks (indices restarting at 0) and returns
+at once; locally it runs the tasks with at most ``workers`` processes and returns when they are done.
+Nothing here imports torch (the local executor's workers do).
 """
 
 from __future__ import annotations
@@ -12,27 +15,34 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
+import math
 import multiprocessing
 import os
+import shlex
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from .chains import plan_chains
-from .config import LaunchConfig, RunConfig
-from .slurm import QUEUED_STATES, RUNNING_STATES, SubmitError, job_states, max_array_size
+from .chains import Chain, plan_chains
+from .config import stable_hash
+from .runstate import sweep_state
+from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
-from .store import SweepDir, awaits_retry
+from .store import SweepDir
+from .sweep_settings import LaunchConfig
 
 Executor = Literal["local", "slurm", "debug"]
+MANIFEST_KEY = b"plsweep.manifest"  # metadata: a hash of the runs and share_trunks it was written for
 
 
 @dataclass
@@ -51,78 +61,41 @@ class LaunchResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def write_manifest(sweep_dir: SweepDir, sweep: Sweep, share_trunks: bool) -> None:
-    """One row per run: run_id, trunk_id, every setting as a column, and the config as JSON."""
-    trunk_of = {run.run_id: chain.trunk_id for chain in plan_chains(sweep.runs, share_trunks) for run in chain.runs}
-    rows = [{"run_id": run.run_id, "trunk_id": trunk_of[run.run_id], **run.flat(),
-             "config": json.dumps(run.to_dict(), sort_keys=True)} for run in sweep.runs]
-    sweep_dir.write_manifest(pa.Table.from_pylist(rows))
+def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share_trunks: bool) -> None:
+    """One row per run: run_id, trunk_id, every setting as a column, and the config as JSON.
+
+    Written on the first launch, and again only when the runs (an adaptive round adds some) or their trunk
+    ids (``share_trunks``) change.
+    """
+    stamp = stable_hash(
+        {"runs": sorted(run.run_id for run in sweep.runs), "share_trunks": share_trunks}
+    ).encode()
+    if (
+        sweep_dir.manifest_path.exists()
+        and (pq.read_schema(sweep_dir.manifest_path).metadata or {}).get(MANIFEST_KEY) == stamp
+    ):
+        return
+    trunk_of = {run.run_id: chain.trunk_id for chain in chains for run in chain.runs}
+    rows = [
+        {
+            "run_id": run.run_id,
+            "trunk_id": trunk_of[run.run_id],
+            **run.flat(),
+            "config": json.dumps(run.to_dict(), sort_keys=True),
+        }
+        for run in sweep.runs
+    ]
+    sweep_dir.write_manifest(pa.Table.from_pylist(rows).replace_schema_metadata({MANIFEST_KEY: stamp}))
 
 
-def recorded_statuses(sweep_dir: SweepDir) -> dict[str, str]:
-    """run_id -> status of every trusted record."""
-    records, _ = sweep_dir.records()
-    return {run_id: record["status"] for run_id, record in records.items()}
-
-
-def queued_run_ids(sweep_dir: SweepDir) -> set[str]:
-    """Runs that a task still queued or running (Slurm), or a live local launch on this host, has yet to
-    train: not recorded, or failed before that launch took them for a retry."""
-    launches = sweep_dir.launches()
-    arrays = [a for e in launches if e["executor"] == "slurm" for a in e.get("array_ids", [])]
-    answer = job_states(arrays)
-    if arrays and not answer.known:  # guessing "not queued" would submit queued runs a second time
-        raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {answer.warning}")
-    states = answer.states
-    records, _ = sweep_dir.records()
-    busy: set[str] = set()
-    for entry in launches:
-        for index, run_ids in enumerate(sweep_dir.tasks(entry["launch"])):
-            if task_is_live(entry, index, states):
-                busy.update(r for r in run_ids if r not in records or awaits_retry(records[r], entry))
-    return busy
-
-
-def task_is_live(entry: dict[str, Any], index: int, states: dict[str, str]) -> bool:
-    """Is task ``index`` of this launch queued or running?"""
-    if entry["executor"] == "slurm":
-        return states.get(entry["task_jobs"][index], "") in QUEUED_STATES | RUNNING_STATES
-    return entry["executor"] == "local" and entry.get("host") == socket.gethostname() and _lock_held(entry["lock"])
-
-
-def _lock_held(path: str) -> bool:
-    """Is this lock file held by a running local launch? (The kernel drops the lock when it exits or dies.)"""
-    try:
-        handle = open(path)  # noqa: SIM115 - closed below, after the lock test
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
-@contextlib.contextmanager
-def holding_lock(path: Path):
-    """Hold an exclusive lock on ``path`` for the duration of a local launch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool,
-               needed: set[str] | None = None) -> list[list[str]]:
+def pack_tasks(chains: list[Chain], runs_per_task: int, needed: set[str] | None = None) -> list[list[str]]:
     """Run ids per task: whole chains, greedily packed up to ``runs_per_task`` runs (a longer chain is one task).
 
     With ``needed``, only chains with a needed run are packed, but whole: a WSD trunk half recorded
     keeps its chain (and so its checkpoint) and the worker skips the runs already recorded.
     """
     tasks: list[list[str]] = []
-    for chain in plan_chains(runs, share_trunks):
+    for chain in chains:
         ids = [run.run_id for run in chain.runs]
         if needed is not None and needed.isdisjoint(ids):
             continue
@@ -133,13 +106,48 @@ def pack_tasks(runs: list[RunConfig], runs_per_task: int, share_trunks: bool,
     return tasks
 
 
+def runs_per_task_to_fit(
+    chains: list[Chain], needed: set[str] | None, room: int, runs_per_task: int
+) -> int | None:
+    """The smallest runs_per_task (>= the given one) whose tasks number at most ``room``; None if none does."""
+    if room <= 0:
+        return None
+    tasks = len(pack_tasks(chains, runs_per_task, needed))
+    candidate = max(runs_per_task, math.ceil(runs_per_task * tasks / room))
+    most = sum(len(c.runs) for c in chains)
+    while candidate <= most:
+        if len(pack_tasks(chains, candidate, needed)) <= room:
+            return candidate
+        candidate = max(candidate + 1, math.ceil(candidate * 1.1))
+    return most if len(pack_tasks(chains, most, needed)) <= room else None
+
+
+def check_fits(
+    n_tasks: int,
+    limits: ClusterLimits,
+    chains: list[Chain],
+    runs_per_task: int,
+    needed: set[str] | None = None,
+) -> str:
+    """ "" when ``n_tasks`` fit under the cluster's limits now, else why not and what runs_per_task would fit."""
+    room = limits.room()
+    if room is None or n_tasks <= room:
+        return ""
+    better = runs_per_task_to_fit(chains, needed, room, runs_per_task)
+    hint = (
+        f"launch with -s runs_per_task={better} ({len(pack_tasks(chains, better, needed))} tasks)"
+        if better
+        else "wait until the queue drains"
+    )
+    return f"{n_tasks} array tasks do not fit: {limits.describe()} leave room for {room}; {hint}"
+
+
 def snapshot_code(sweep_dir: SweepDir) -> Path:
     """Copy this package into the sweep directory (named by a hash of its sources) for workers to import;
     returns the snapshot's absolute folder (the parent of its ``powerlaw_cli``)."""
     package = Path(__file__).resolve().parent
-    sources = sorted(package.rglob("*.py"))
     digest = hashlib.sha256()
-    for path in sources:
+    for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     root = sweep_dir.root.resolve() / "code" / digest.hexdigest()[:12]
     if not (root / "powerlaw_cli").exists():
@@ -149,69 +157,159 @@ def snapshot_code(sweep_dir: SweepDir) -> Path:
     return root
 
 
-def launch(sweep: Sweep, out: Path, executor: Executor = "local", options: LaunchConfig | None = None,
-           retry_failed: bool = False, on_progress: Callable[[int, int], None] | None = None) -> LaunchResult:
-    """Launch the runs of ``sweep`` that still need work into the sweep directory ``out``."""
-    options = options or sweep.launch
+@contextlib.contextmanager
+def holding_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while a local launch lives (``runstate.lock_held`` tests it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@dataclass
+class Prepared:
+    """A launch decided under the sweep's launch lock: what went to Slurm, or what this process runs next."""
+
+    result: LaunchResult
+    tasks: list[list[str]] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+    live: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+def launch(
+    sweep: Sweep,
+    out: Path,
+    executor: Executor = "local",
+    options: LaunchConfig | None = None,
+    retry_failed: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> LaunchResult:
+    """Launch the runs of ``sweep`` that need work into the sweep directory ``out``.
+
+    ``on_wait`` hears once when another launch of this directory holds the lock (this one then waits).
+    """
     sweep_dir = SweepDir(out)
+    with sweep_dir.launch_lock(on_wait):
+        prepared = submit(sweep_dir, sweep, executor, options or sweep.launch, retry_failed)
+    return run_prepared(sweep_dir, prepared, options or sweep.launch, on_progress)
+
+
+def submit(
+    sweep_dir: SweepDir,
+    sweep: Sweep,
+    executor: Executor,
+    options: LaunchConfig,
+    retry_failed: bool = False,
+    keep_trunks: bool = False,
+) -> Prepared:
+    """Under the caller's launch lock: write the spec and manifest, find the runs that need work, pack them,
+    and submit them (Slurm) or record a live local launch of them (run them with ``run_prepared``).
+    ``keep_trunks``: workers keep each trunk's state for a later round to extend (adaptive sweeps)."""
+    chains = plan_chains(sweep.runs, options.share_trunks)
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
-    write_manifest(sweep_dir, sweep, options.share_trunks)
-    statuses = recorded_statuses(sweep_dir)
-    redo = {"failed"} if retry_failed else set()
-    candidates = [r for r in sweep.runs if r.run_id not in statuses or statuses[r.run_id] in redo]
-    queued = queued_run_ids(sweep_dir) if candidates else set()  # ask the scheduler only when it matters
-    todo = [r for r in candidates if r.run_id not in queued]
-    result = LaunchResult(out, None, executor, len(sweep.runs), len(todo),
-                          skipped_recorded=sum(1 for r in sweep.runs if r.run_id in statuses and statuses[r.run_id] not in redo),
-                          skipped_queued=sum(1 for r in sweep.runs if r.run_id in queued))
+    write_manifest(sweep_dir, sweep, chains, options.share_trunks)
+    state = sweep_state(sweep_dir)
+    if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
+        raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}")
+    todo = {run_id for run_id, run in state.runs.items() if run.needs_launch(retry_failed)}
+    counts = state.counts()
+    queued = counts["pending"] + counts["running"]
+    result = LaunchResult(
+        sweep_dir.root,
+        None,
+        executor,
+        len(sweep.runs),
+        len(todo),
+        skipped_recorded=len(sweep.runs) - len(todo) - queued,
+        skipped_queued=queued,
+    )
     if not todo:
-        if on_progress is not None:
-            on_progress(len(sweep.runs), len(sweep.runs))
-        return result
+        return Prepared(result)
+    tasks = pack_tasks(chains, options.runs_per_task, todo)
     number = sweep_dir.next_launch_number()
-    tasks = pack_tasks(sweep.runs, options.runs_per_task, options.share_trunks, {r.run_id for r in todo})
-    task_options = {"share_trunks": options.share_trunks, "retry_failed": retry_failed}
-    sweep_dir.write_tasks(number, tasks, task_options)
+    task_options = {
+        "share_trunks": options.share_trunks,
+        "retry_failed": retry_failed,
+        "chains_at_once": options.chains_at_once,
+        "keep_trunks": keep_trunks,
+    }
+    entry = {
+        "launch": number,
+        "executor": executor,
+        "submitted_at": datetime.now().astimezone().isoformat(),
+        **task_options,
+        "runs": len(todo),
+    }
     result.launch, result.tasks = number, len(tasks)
-    entry = {"launch": number, "executor": executor, "submitted_at": datetime.now().astimezone().isoformat(),
-             **task_options, "runs": len(todo)}
     if executor == "slurm":
-        submission, error = submit_slurm(sweep_dir, number, len(tasks), options, sweep.name)
+        limits = cluster_limits(options.account)
+        problem = check_fits(len(tasks), limits, chains, options.runs_per_task, todo)
+        if problem:
+            raise SubmitError(f"{sweep_dir.root}: {problem}")
+        sweep_dir.write_tasks(number, tasks, task_options)
+        submission, error = submit_slurm(
+            sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
+        )
         submitted = len(submission["task_jobs"])
         if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
             sweep_dir.write_tasks(number, tasks[:submitted], task_options)
         if submitted:
             sweep_dir.append_launch(entry | submission)
         if error:
-            raise SubmitError(f"{out}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
-                              f"(those are recorded; launch again to submit the rest): {error}")
+            raise SubmitError(
+                f"{sweep_dir.root}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
+                f"(those are recorded; launch again to submit the rest): {error}"
+            )
         result.array_ids = submission["array_ids"]
-    elif executor == "local":
-        lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
-        with holding_lock(lock):
-            sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
-            run_local(sweep_dir, number, tasks, options.workers, on_progress)
-    else:
-        sweep_dir.append_launch(entry)
-        run_debug(sweep_dir, number, len(tasks))
-    result.counts = _counts_of(sweep_dir, [r.run_id for r in todo])
+        return Prepared(result)
+    sweep_dir.write_tasks(number, tasks, task_options)
+    prepared = Prepared(result, tasks, sorted(todo))
+    lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
+    prepared.live.enter_context(holding_lock(lock))  # live before the launch lock is released
+    sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
+    return prepared
+
+
+def run_prepared(
+    sweep_dir: SweepDir,
+    prepared: Prepared,
+    options: LaunchConfig,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LaunchResult:
+    """Run a prepared local or debug launch here (after the launch lock is released); Slurm's ran already."""
+    result = prepared.result
+    if not prepared.tasks:
+        if on_progress is not None and result.runs_launched == 0:
+            on_progress(result.runs_total, result.runs_total)
+        return result
+    with prepared.live:
+        if result.executor == "local":
+            run_local(sweep_dir, result.launch, prepared.tasks, options.workers, on_progress)
+        else:
+            run_debug(sweep_dir, result.launch, len(prepared.tasks))
+    result.counts = _counts_of(sweep_dir, prepared.todo)
     return result
 
 
 def _counts_of(sweep_dir: SweepDir, run_ids: list[str]) -> dict[str, int]:
-    statuses = recorded_statuses(sweep_dir)
     counts: dict[str, int] = {}
     for run_id in run_ids:
-        status = statuses.get(run_id, "not finished")
+        record = sweep_dir.read_result(run_id)
+        status = record["status"] if isinstance(record, dict) else "not finished"
         counts[status] = counts.get(status, 0) + 1
     return counts
 
 
 # --- Slurm ------------------------------------------------------------------------------------
 
+
 def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, Any]:
     """submitit SlurmExecutor parameters for one array task of a sweep.
 
+    Every value is checked (``LaunchConfig``, ``spec``) to hold no control character, and submitit
+    quotes each ``#SBATCH`` value; the one shell line of our own (the snapshot on PYTHONPATH) is
+    quoted here, so no sweep name, path or option can add a line or a command to the job script.
     Tasks start in the code snapshot's folder: submitit runs ``python -m``, which puts the working
     directory ahead of PYTHONPATH on sys.path, so started elsewhere (say, in a checkout of this
     package) a task would import that code instead of the snapshot.
@@ -222,7 +320,7 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
         "cpus_per_task": options.cpus_per_task,
         "array_parallelism": options.array_parallelism,
         "signal_delay_s": options.signal_seconds,
-        "setup": [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        "setup": [f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}"],
         "stderr_to_stdout": True,  # one log per task, as on the local executor: progress, failures, tracebacks
     }
     if options.gpus_per_task:
@@ -240,12 +338,14 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
     return params
 
 
-def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig,
-                 name: str) -> tuple[dict[str, Any], str]:
-    """Submit ``n_tasks`` tasks as job arrays of at most MaxArraySize.
+def submit_slurm(
+    sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str, array_limit: int
+) -> tuple[dict[str, Any], str]:
+    """Submit ``n_tasks`` tasks as job arrays of at most ``array_limit`` (MaxArraySize) tasks.
 
     Returns the job ids per task of the arrays that went out, and the sbatch error that stopped the
-    submission ("" when every array went out): arrays submitted before a failure are never forgotten.
+    submission ("" when every array went out): arrays submitted before a failure are never forgotten,
+    and the files submitit wrote for the refused array are removed.
     """
     import submitit
     from submitit.core.utils import FailedJobError
@@ -254,25 +354,41 @@ def submit_slurm(sweep_dir: SweepDir, launch_number: int, n_tasks: int, options:
 
     code = snapshot_code(sweep_dir)
     root = str(sweep_dir.root.resolve())  # tasks do not start in this process's working directory
-    limit = max_array_size()
-    executor = submitit.SlurmExecutor(folder=sweep_dir.jobs_dir / "%j", max_num_timeout=1000)
+    try:
+        executor = submitit.SlurmExecutor(folder=sweep_dir.jobs_dir / "%j", max_num_timeout=1000)
+    except RuntimeError as err:  # submitit: no srun on PATH
+        raise SubmitError(f"{sweep_dir.root}: cannot submit to Slurm from here: {err}") from None
     executor.update_parameters(**slurm_parameters(options, name, code))
     task_jobs: list[str] = []
     array_ids: list[str] = []
     error = ""
-    for start in range(0, n_tasks, limit):
-        indices = list(range(start, min(start + limit, n_tasks)))
-        try:
-            jobs = executor.map_array(SlurmTask(), [root] * len(indices), [launch_number] * len(indices), indices)
-        except FailedJobError as err:
+    sweep_dir.jobs_dir.mkdir(parents=True, exist_ok=True)
+    for start in range(0, n_tasks, array_limit):
+        indices = list(range(start, min(start + array_limit, n_tasks)))
+        before = set(os.listdir(sweep_dir.jobs_dir))
+        try:  # submitit prints sbatch's complaint to stderr as well as raising it: keep only the exception
+            with contextlib.redirect_stderr(io.StringIO()):
+                jobs = executor.map_array(
+                    SlurmTask(), [root] * len(indices), [launch_number] * len(indices), indices
+                )
+        except (FailedJobError, OSError) as err:
+            for leftover in set(os.listdir(sweep_dir.jobs_dir)) - before:  # its pickles and submission file
+                path = sweep_dir.jobs_dir / leftover
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             error = " ".join(str(err).split())
             break
         task_jobs.extend(job.job_id for job in jobs)
         array_ids.append(jobs[0].job_id.split("_")[0])
-    return {"task_jobs": task_jobs, "array_ids": array_ids, "max_array_size": limit, "code": str(code)}, error
+    return {
+        "task_jobs": task_jobs,
+        "array_ids": array_ids,
+        "max_array_size": array_limit,
+        "code": str(code),
+    }, error
 
 
 # --- local and debug ----------------------------------------------------------------------------
+
 
 def cpu_cores() -> int:
     """The CPU cores this process may use."""
@@ -284,8 +400,13 @@ def default_workers() -> int:
     return len(_visible_gpus()) or cpu_cores()
 
 
-def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], workers: int,
-              on_progress: Callable[[int, int], None] | None = None) -> None:
+def run_local(
+    sweep_dir: SweepDir,
+    launch_number: int,
+    tasks: list[list[str]],
+    workers: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Run the tasks in at most ``workers`` processes (each pinned to one GPU when there are GPUs)."""
     from .local import init_worker, local_task
 
@@ -299,7 +420,9 @@ def run_local(sweep_dir: SweepDir, launch_number: int, tasks: list[list[str]], w
     total = sum(len(task) for task in tasks)
     pool = context.Pool(workers, initializer=init_worker, initargs=(slots, max(1, cores // workers)))
     try:
-        pending = [pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))]
+        pending = [
+            pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))
+        ]
         while pending:
             pending = [job for job in pending if not job.ready()]
             if on_progress is not None:
@@ -336,7 +459,8 @@ def run_debug(sweep_dir: SweepDir, launch_number: int, n_tasks: int) -> None:
     from .worker import run_task
 
     executor = submitit.DebugExecutor(folder=sweep_dir.jobs_dir / "debug")
-    jobs = executor.map_array(run_task, [str(sweep_dir.root)] * n_tasks, [launch_number] * n_tasks, list(range(n_tasks)))
+    jobs = executor.map_array(
+        run_task, [str(sweep_dir.root)] * n_tasks, [launch_number] * n_tasks, list(range(n_tasks))
+    )
     for job in jobs:
         job.result()
-

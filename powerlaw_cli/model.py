@@ -168,8 +168,6 @@ class GPT(nn.Module):
 
         Draws on the CPU and copies, so the same seed gives the same weights on any device.
         """
-        if any(p.is_meta for p in self.parameters()):
-            return  # built on the meta device for its shapes only (sweep planning): nothing to draw
         g = torch.Generator(device="cpu").manual_seed(seed)
         for name, p in self.named_parameters():
             kind = self.param_kind(name, p)
@@ -231,24 +229,20 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x)) * (1.0 / self.m)  # (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy in nats (computed in fp32 also under bf16 autocast)."""
-        logits = self(idx)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        """Mean next-token cross-entropy of ``idx`` against ``targets`` (see ``cross_entropy``)."""
+        return cross_entropy(self(idx), targets)
 
     @property
     def params_non_embedding(self) -> int:
-        """All parameters except the token embedding, learned positions and the readout."""
-        skip = {"embedding", "readout"}
-        return sum(p.numel() for name, p in self.named_parameters() if self.param_kind(name, p) not in skip)
+        """All parameters except the token embedding, learned positions and the readout (``ModelConfig``'s count)."""
+        return self.cfg.params_non_embedding
 
     @property
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward = 3 x forward, 2 FLOPs per multiply-add).
+        """Training FLOPs per token (``ModelConfig.flops_per_token``)."""
+        return self.cfg.flops_per_token
 
-        ``6 * params_non_embedding + 6 * width * vocab_size + 12 * depth * width * seq_len``: the matrices,
-        the readout matmul (real compute, unlike the embedding lookup), and attention's scores and values
-        at full sequence length (PaLM's convention, which ignores the causal mask's halving).
-        Norms, GELU, softmax and rotary are not counted.
-        """
-        c = self.cfg
-        return 6 * self.params_non_embedding + 6 * c.width * c.vocab_size + 12 * c.depth * c.width * c.seq_len
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss in nats of logits (B, T, V) against targets (B, T), in fp32 also under bf16 autocast."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

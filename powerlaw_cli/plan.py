@@ -1,39 +1,17 @@
-"""What a sweep would cost before it is launched: runs, chains, tasks, arrays, tokens, FLOPs, GPU-hours."""
+"""What a sweep would cost before it is launched: runs, chains, tasks, arrays, tokens, FLOPs, GPU-hours,
+and whether its tasks fit under the cluster's limits. No torch: costs come from the model's shape."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .chains import Chain, fork_step, plan_chains
-from .config import LaunchConfig, ModelConfig, RunConfig
-from .launch import pack_tasks
+from .chains import chain_tokens, plan_chains
+from .config import RunConfig
+from .launch import check_fits, pack_tasks
+from .slurm import ClusterLimits
 from .spec import Sweep
-
-
-@functools.lru_cache(maxsize=256)
-def model_costs(model: ModelConfig) -> tuple[int, int]:
-    """(params_non_embedding, flops_per_token) of a model shape, built once per shape on the meta device
-    (shapes only, no memory), so planning a sweep of large proxies costs nothing."""
-    import torch
-
-    from .model import GPT
-
-    with torch.device("meta"):
-        gpt = GPT(model)
-    return gpt.params_non_embedding, gpt.flops_per_token
-
-
-def chain_tokens(chain: Chain) -> int:
-    """Tokens actually trained for a chain: a trunk trains its stable phase once."""
-    if chain.kind == "single":
-        run = chain.runs[0]
-        return run.steps * run.batch_tokens
-    if chain.kind == "wsd_s":
-        return max(run.steps * run.batch_tokens for run in chain.runs)
-    stable = max(fork_step(run) * run.batch_tokens for run in chain.runs)
-    return stable + sum((run.steps - fork_step(run)) * run.batch_tokens for run in chain.runs)
+from .sweep_settings import LaunchConfig
 
 
 @dataclass
@@ -49,6 +27,8 @@ class Plan:
     arrays: int
     runs_per_task: int
     max_array_size: int
+    cluster: str
+    fits: str
     tokens_planned: int
     tokens_trained: int
     flops: float
@@ -63,26 +43,48 @@ class Plan:
 
 def run_row(run: RunConfig) -> dict[str, Any]:
     """The settings that usually vary in a sweep, for the first-runs table."""
-    return {"run_id": run.run_id, "width": run.model.width, "depth": run.model.depth,
-            "batch_size": run.training.batch_size, "tokens": run.training.tokens, "lr": run.optimizer.lr,
-            "schedule": run.schedule.name, "seed": run.training.seed, "steps": run.steps}
+    return {
+        "run_id": run.run_id,
+        "width": run.model.width,
+        "depth": run.model.depth,
+        "batch_size": run.training.batch_size,
+        "tokens": run.training.tokens,
+        "lr": run.optimizer.lr,
+        "schedule": run.schedule.name,
+        "seed": run.training.seed,
+        "steps": run.steps,
+    }
 
 
-def make_plan(sweep: Sweep, launch: LaunchConfig, max_array_size: int, throughput: float, head: int = 10) -> Plan:
-    """Plan ``sweep`` as ``launch`` would submit it; GPU-hours at ``throughput`` FLOP/s per GPU."""
+def make_plan(
+    sweep: Sweep, launch: LaunchConfig, limits: ClusterLimits, throughput: float, head: int = 10
+) -> Plan:
+    """Plan ``sweep`` as ``launch`` would submit it now under ``limits``; GPU-hours at ``throughput`` FLOP/s per GPU."""
     chains = plan_chains(sweep.runs, launch.share_trunks)
-    tasks = pack_tasks(sweep.runs, launch.runs_per_task, launch.share_trunks)
-    flops = 0.0
+    tasks = pack_tasks(chains, launch.runs_per_task)
     tokens_trained = 0
+    flops = 0.0
     for chain in chains:
         tokens = chain_tokens(chain)
         tokens_trained += tokens
-        flops += model_costs(chain.runs[0].model)[1] * tokens
+        flops += chain.runs[0].model.flops_per_token * tokens
     return Plan(
-        sweep=sweep.name, runs=len(sweep.runs), duplicates_dropped=sweep.duplicates, chains=len(chains),
-        shared_chains=sum(1 for c in chains if c.kind != "single"), tasks=len(tasks),
-        arrays=-(-len(tasks) // max_array_size), runs_per_task=launch.runs_per_task, max_array_size=max_array_size,
-        tokens_planned=sum(run.training.tokens for run in sweep.runs), tokens_trained=tokens_trained,
-        flops=flops, gpu_hours=flops / throughput / 3600, throughput_flops=throughput,
-        axes=sweep.axes, first_runs=[run_row(run) for run in sweep.runs[:head]],
+        sweep=sweep.name,
+        runs=len(sweep.runs),
+        duplicates_dropped=sweep.duplicates,
+        chains=len(chains),
+        shared_chains=sum(1 for c in chains if c.kind != "single"),
+        tasks=len(tasks),
+        arrays=-(-len(tasks) // limits.max_array_size),
+        runs_per_task=launch.runs_per_task,
+        max_array_size=limits.max_array_size,
+        cluster=limits.describe(),
+        fits=check_fits(len(tasks), limits, chains, launch.runs_per_task) or "yes",
+        tokens_planned=sum(run.training.tokens for run in sweep.runs),
+        tokens_trained=tokens_trained,
+        flops=flops,
+        gpu_hours=flops / throughput / 3600,
+        throughput_flops=throughput,
+        axes=sweep.axes,
+        first_runs=[run_row(run) for run in sweep.runs[:head]],
     )

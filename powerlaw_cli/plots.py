@@ -24,7 +24,9 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_schedule(
-    points: list[tuple[float, float]] | dict[str, list[tuple[float, float]]], path: str | Path, title: str = ""
+    points: list[tuple[float, float]] | dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    title: str = "",
 ) -> Path:
     """LR against tokens seen: one curve of (tokens, lr) points, or {label: points} overlaid.
 
@@ -58,9 +60,14 @@ def plot_cell_curves(fit: dict, path: str | Path, max_cells: int = 60) -> Path:
     ncols = min(6, max(len(cells), 1))
     nrows = -(-len(cells) // ncols) or 1
     lines = max((c["cell"].count(", ") + 2 for c in cells), default=1)  # title lines, with the reason
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, (2.2 + 0.12 * lines) * nrows), squeeze=False,
-                             gridspec_kw={"hspace": 0.25 + 0.12 * lines, "wspace": 0.35})
-    for ax in axes.flat[len(cells):]:
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.6 * ncols, (2.2 + 0.12 * lines) * nrows),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.25 + 0.12 * lines, "wspace": 0.35},
+    )
+    for ax in axes.flat[len(cells) :]:
         ax.axis("off")
     for ax, cell in zip(axes.flat, cells, strict=False):
         pts = np.asarray(cell["points"], float).reshape(-1, 3)
@@ -98,50 +105,91 @@ def _light_log_axis(ax) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(3))
 
 
-def _law_points(law: dict) -> dict:
-    return {k: np.asarray(v, float) for k, v in law["data"].items()}
-
-
-def _law_band(law: dict, grid: dict, ci: float) -> tuple:
-    """Central line and percentile band of a fitted law over a grid of variable arrays."""
-    exps = law["exponents"]
-    ln = {v: np.log(grid[v]) for v in law["variables"]}
-    fixed = sum(exps[v]["value"] * ln[v] for v in law["variables"] if exps[v]["fixed"])
-    free = [v for v in law["variables"] if not exps[v]["fixed"]]
-    centre = np.log(law["a"]["value"]) + fixed + sum(exps[v]["value"] * ln[v] for v in free)
-    samples = np.asarray(law["bootstrap"]["samples"], float).reshape(-1, 1 + len(free))
-    if not len(samples):
-        return np.exp(centre), None, None
-    draws = samples[:, :1] + fixed + samples[:, 1:] @ np.stack([ln[v] for v in free])
-    low, high = np.percentile(draws, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
-    return np.exp(centre), np.exp(low), np.exp(high)
-
-
 def plot_law(fit: dict, name: str, path: str | Path) -> Path:
     """A fitted law against each of its variables (one panel each), one series per combination of the
-    others, with the law's line and its bootstrap band."""
+    others, with the law's line and its bootstrap band (power laws on log-log axes, loss laws on a log x)."""
+    from .fit_laws import law_curve
+    from .fit_spec import SHORT_UNITS
+
     law = fit["laws"][name]
-    data = _law_points(law)
+    data = {k: np.asarray(v, float) for k, v in law["data"].items()}
     variables = law["variables"]
+    ci = law["bootstrap"]["ci"]
     fig, axes = plt.subplots(1, len(variables), figsize=(5 * len(variables), 4), squeeze=False)
     for ax, var in zip(axes.flat, variables, strict=False):
         others = [v for v in variables if v != var]
         combos = sorted({tuple(data[o][i] for o in others) for i in range(len(data[var]))})
         for k, combo in enumerate(combos):
-            mask = np.all([data[o] == c for o, c in zip(others, combo, strict=True)], axis=0) if others else np.ones(len(data[var]), bool)
+            mask = (
+                np.all([data[o] == c for o, c in zip(others, combo, strict=True)], axis=0)
+                if others
+                else np.ones(len(data[var]), bool)
+            )
             label = ", ".join(f"{o}={c:.3g}" for o, c in zip(others, combo, strict=True)) or None
             ax.plot(data[var][mask], data[law["y"]][mask], "o", color=f"C{k % 10}", label=label)
             grid = {var: np.geomspace(data[var].min(), data[var].max(), 50)}
             grid.update({o: np.full(50, c) for o, c in zip(others, combo, strict=True)})
-            centre, low, high = _law_band(law, grid, law["bootstrap"]["ci"])
+            centre, draws = law_curve(law, grid)
             ax.plot(grid[var], centre, "-", color=f"C{k % 10}", lw=1)
-            if low is not None:
+            if len(draws):
+                low, high = np.percentile(draws, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
                 ax.fill_between(grid[var], low, high, color=f"C{k % 10}", alpha=0.15)
-        ax.set(xscale="log", yscale="log", xlabel=var, ylabel=law["y"])
+        ax.set(
+            xscale="log",
+            yscale="log" if law.get("form", "power") == "power" else "linear",
+            xlabel=f"{var} [{SHORT_UNITS.get(var, 'table unit')}]",
+            ylabel=f"{law['y']} [{SHORT_UNITS.get(law['y'], 'table unit')}]",
+        )
         if len(combos) > 1:
             ax.legend(fontsize=6)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{name}: {law['formula']}  (R² {law['r2']:.3f}, {law['n_points']} points)", fontsize=9)
+    fig.suptitle(
+        f"{name}: {law['formula']}  (R² {law['r2']:.3f}, {law['n_points']} points; band: {ci:.0%} bootstrap)",
+        fontsize=9,
+    )
+    return save(fig, path)
+
+
+def plot_groups(fit: dict, path: str | Path, max_groups: int = 60) -> Path:
+    """The batch profile of every group whose batch varied: loss_opt (the LR optimum's loss) against the
+    batch size, with B_opt and its interval; excluded groups grey with their reason."""
+    groups = [g for g in fit["groups"] if g.get("batch_varied")][:max_groups]
+    ncols = min(6, max(len(groups), 1))
+    nrows = -(-len(groups) // ncols) or 1
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.6 * ncols, 2.6 * nrows),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.7, "wspace": 0.35},
+    )
+    for ax in axes.flat[len(groups) :]:
+        ax.axis("off")
+    for ax, group in zip(axes.flat, groups, strict=False):
+        used = group["status"] == "used"
+        profile = [p for p in group["profile"] if p["status"] == "used"]
+        ax.plot(
+            [p["batch_size"] for p in profile],
+            [p["loss_opt"] for p in profile],
+            "o-",
+            ms=3,
+            lw=0.8,
+            color="C0" if used else "0.6",
+        )
+        if used:
+            ax.axvline(group["batch_opt"], color="C3", lw=1)
+            if group.get("batch_low") is not None:
+                ax.axvspan(group["batch_low"], group["batch_high"], color="C3", alpha=0.15)
+        _light_log_axis(ax)
+        name = group["group"].replace(", ", "\n")
+        ax.set_title(
+            name if used else f"{name}\n{group['reason'].split(':')[0]}",
+            fontsize=6,
+            color="black" if used else "0.4",
+        )
+        ax.tick_params(labelsize=6)
+    fig.supxlabel("batch size (sequences); red: B_opt and its interval")
+    fig.supylabel("loss at the LR optimum")
     return save(fig, path)
 
 
@@ -160,11 +208,17 @@ def plot_residuals(fit: dict, path: str | Path) -> Path:
 
 
 def fit_figures(fit: dict, out_dir: str | Path) -> list[Path]:
-    """Every fit figure into ``out_dir``: cells.png, law_NAME.png per fitted law, residuals.png."""
+    """Every fit figure into ``out_dir``: cells.png (LR curves, an LR sweep only), groups.png (batch
+    profiles, when the batch varied in a group), law_NAME.png per fitted law, residuals.png."""
     out_dir = Path(out_dir)
-    paths = [plot_cell_curves(fit, out_dir / "cells.png")]
-    paths += [plot_law(fit, name, out_dir / f"law_{name}.png")
-              for name, law in fit["laws"].items() if law["status"] == "fitted"]
+    paths = [plot_cell_curves(fit, out_dir / "cells.png")] if fit["cells"] else []
+    if any(g.get("batch_varied") for g in fit["groups"]):
+        paths.append(plot_groups(fit, out_dir / "groups.png"))
+    paths += [
+        plot_law(fit, name, out_dir / f"law_{name}.png")
+        for name, law in fit["laws"].items()
+        if law["status"] == "fitted"
+    ]
     paths.append(plot_residuals(fit, out_dir / "residuals.png"))
     return paths
 
@@ -183,8 +237,14 @@ def plot_coord_check(df: pd.DataFrame, path: str | Path) -> Path:
         df = df.assign(parametrization="")
     mean = df.groupby(["parametrization", "step", "module", "width"], sort=False)["l1"].mean().reset_index()
     kinds, steps = list(mean["parametrization"].unique()), sorted(mean["step"].unique())
-    fig, axes = plt.subplots(len(kinds), len(steps), figsize=(3.0 * len(steps) + 1.5, 2.8 * len(kinds)),
-                             squeeze=False, sharex=True, sharey="row")
+    fig, axes = plt.subplots(
+        len(kinds),
+        len(steps),
+        figsize=(3.0 * len(steps) + 1.5, 2.8 * len(kinds)),
+        squeeze=False,
+        sharex=True,
+        sharey="row",
+    )
     for i, kind in enumerate(kinds):
         for j, step in enumerate(steps):
             ax = axes[i][j]

@@ -11,9 +11,11 @@ import re
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
-from .config import NO_LEGACY, LaunchConfig, settings_table
+from .config import NO_LEGACY, SECTION_TYPES, field_types, settings_table
 from .schema import CURVE_COLUMNS, RUN_COLUMNS
+from .sweep_settings import AdaptiveSettings, LaunchConfig
 
 
 def _toml(value: object) -> str:
@@ -31,23 +33,34 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def values_of(annotation: Any) -> str:
+    """What a setting takes, from its type: the choices of a Literal, else the kind of value."""
+    if get_origin(annotation) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(annotation))
+    if get_origin(annotation) is list:
+        return f"list of {values_of(get_args(annotation)[0])}s"
+    return {int: "integer", float: "number", str: "string", bool: "true, false"}[annotation]
+
+
 def settings_markdown() -> str:
-    """Every run setting: section.field, default, meaning, and whether it is part of the run id."""
-    lines = ["| setting | default | meaning | in run id |", "|---|---|---|---|"]
+    """Every run setting: section.field, default, values, meaning, and whether it is part of the run id."""
+    lines = ["| setting | default | values | meaning | in run id |", "|---|---|---|---|---|"]
     for section, name, default, doc, identity, legacy in settings_table():
+        values = values_of(field_types(SECTION_TYPES[section])[name])
         in_id = (
             "no" if not identity else "yes" if legacy is NO_LEGACY else f"yes, except at `{_toml(legacy)}`"
         )
-        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {_cell(doc)} | {in_id} |")
+        lines.append(f"| `{section}.{name}` | `{_toml(default)}` | {values} | {_cell(doc)} | {in_id} |")
     return "\n".join(lines)
 
 
-def launch_markdown() -> str:
-    """The ``[launch]`` section: every field, its default and meaning."""
-    lines = ["| setting | default | meaning |", "|---|---|---|"]
-    for f in fields(LaunchConfig):
+def section_markdown(section_type: type) -> str:
+    """A sweep-file section such as ``[launch]``: every field, its default, values and meaning."""
+    lines = ["| setting | default | values | meaning |", "|---|---|---|---|"]
+    for f in fields(section_type):
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        lines.append(f"| `{f.name}` | `{_toml(default)}` | {_cell(f.metadata['doc'])} |")
+        values = values_of(field_types(section_type)[f.name])
+        lines.append(f"| `{f.name}` | `{_toml(default)}` | {values} | {_cell(f.metadata['doc'])} |")
     return "\n".join(lines)
 
 
@@ -62,7 +75,8 @@ def tables() -> dict[str, str]:
     """Marker name -> generated markdown."""
     return {
         "settings": settings_markdown(),
-        "launch-settings": launch_markdown(),
+        "launch-settings": section_markdown(LaunchConfig),
+        "adaptive-settings": section_markdown(AdaptiveSettings),
         "runs-schema": columns_markdown(RUN_COLUMNS),
         "curves-schema": columns_markdown(CURVE_COLUMNS),
     }

@@ -63,19 +63,22 @@ def _decay(tokens: float, start: float, length: float, shape: DecayShape, final_
     return decay_factor(shape, (tokens - start) / length, final_ratio)
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
 def _check_common(peak_lr: float, warmup_tokens: float, final_ratio: float = 0.0) -> None:
-    _require(peak_lr > 0, f"peak LR must be > 0, got {peak_lr}")
-    _require(warmup_tokens >= 0, f"warmup_tokens must be >= 0, got {warmup_tokens}")
-    _require(0 <= final_ratio <= 1, f"final_ratio must be in [0, 1], got {final_ratio}")
+    require(peak_lr > 0, f"peak LR must be > 0, got {peak_lr}")
+    require(warmup_tokens >= 0, f"warmup_tokens must be >= 0, got {warmup_tokens}")
+    require(0 <= final_ratio <= 1, f"final_ratio must be in [0, 1], got {final_ratio}")
 
 
 def _check_shape(shape: str) -> None:
-    _require(shape in get_args(DecayShape), f"unknown decay shape {shape!r}; valid: {', '.join(get_args(DecayShape))}")
+    require(
+        shape in get_args(DecayShape),
+        f"unknown decay shape {shape!r}; valid: {', '.join(get_args(DecayShape))}",
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ class CosineSchedule:
 
     def __post_init__(self) -> None:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
-        _require(self.warmup_tokens < self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) must be below total_tokens ({self.total_tokens})")
+        require(
+            self.warmup_tokens < self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) must be below total_tokens ({self.total_tokens})",
+        )
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
@@ -129,7 +134,7 @@ class CyclicCosineSchedule:
 
     def __post_init__(self) -> None:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
-        _require(self.cycle_tokens > 0, f"cycle_tokens must be > 0, got {self.cycle_tokens}")
+        require(self.cycle_tokens > 0, f"cycle_tokens must be > 0, got {self.cycle_tokens}")
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
@@ -148,7 +153,7 @@ class InverseSqrtSchedule:
 
     def __post_init__(self) -> None:
         _check_common(self.peak_lr, self.warmup_tokens)
-        _require(self.alpha_tokens > 0, f"alpha_tokens must be > 0, got {self.alpha_tokens}")
+        require(self.alpha_tokens > 0, f"alpha_tokens must be > 0, got {self.alpha_tokens}")
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
@@ -174,10 +179,12 @@ class WSDSchedule:
     def __post_init__(self) -> None:
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
         _check_shape(self.decay_shape)
-        _require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
-        _require(self.warmup_tokens + self.decay_tokens <= self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
-                 f"exceed total_tokens ({self.total_tokens})")
+        require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
+        require(
+            self.warmup_tokens + self.decay_tokens <= self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
+            f"exceed total_tokens ({self.total_tokens})",
+        )
 
     @property
     def decay_start(self) -> float:
@@ -187,7 +194,9 @@ class WSDSchedule:
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
             return self.peak_lr * tokens / self.warmup_tokens
-        return self.peak_lr * _decay(tokens, self.decay_start, self.decay_tokens, self.decay_shape, self.final_ratio)
+        return self.peak_lr * _decay(
+            tokens, self.decay_start, self.decay_tokens, self.decay_shape, self.final_ratio
+        )
 
 
 @dataclass(frozen=True)
@@ -211,27 +220,36 @@ class WSDSSchedule:
         object.__setattr__(self, "decay_lengths", tuple(self.decay_lengths))
         _check_common(self.peak_lr, self.warmup_tokens, self.final_ratio)
         _check_shape(self.decay_shape)
-        _require(len(self.decay_points) > 0, "WSD-S needs at least one decay point")
-        _require(len(self.decay_points) == len(self.decay_lengths),
-                 f"{len(self.decay_points)} decay_points but {len(self.decay_lengths)} decay_lengths")
+        require(len(self.decay_points) > 0, "WSD-S needs at least one decay point")
+        require(
+            len(self.decay_points) == len(self.decay_lengths),
+            f"{len(self.decay_points)} decay_points but {len(self.decay_lengths)} decay_lengths",
+        )
         previous, previous_name = self.warmup_tokens, f"the warmup end ({self.warmup_tokens})"
         for point, length in zip(self.decay_points, self.decay_lengths, strict=True):
-            _require(length > 0, f"decay length of budget {point} must be > 0, got {length}")
-            _require(point - length >= previous,
-                     f"the decay window [{point - length}, {point}) of budget {point} starts before {previous_name}")
+            require(length > 0, f"decay length of budget {point} must be > 0, got {length}")
+            require(
+                point - length >= previous,
+                f"the decay window [{point - length}, {point}) of budget {point} starts before {previous_name}",
+            )
             previous, previous_name = point, f"the previous budget ({point})"
 
     @property
     def decay_windows(self) -> list[tuple[float, float]]:
         """[(start, end)] of every in-place decay, tokens; end is the budget."""
-        return [(point - length, point) for point, length in zip(self.decay_points, self.decay_lengths, strict=True)]
+        return [
+            (point - length, point)
+            for point, length in zip(self.decay_points, self.decay_lengths, strict=True)
+        ]
 
     def __call__(self, tokens: float) -> float:
         if tokens < self.warmup_tokens:
             return self.peak_lr * tokens / self.warmup_tokens
         for start, end in self.decay_windows:
             if start <= tokens < end:
-                return self.peak_lr * decay_factor(self.decay_shape, (tokens - start) / (end - start), self.final_ratio)
+                return self.peak_lr * decay_factor(
+                    self.decay_shape, (tokens - start) / (end - start), self.final_ratio
+                )
         return self.peak_lr
 
 
@@ -257,13 +275,15 @@ class PowerSchedule:
     def __post_init__(self) -> None:
         _check_common(self.lr_max, self.warmup_tokens, self.final_ratio)
         _check_shape(self.decay_shape)
-        _require(self.a > 0, f"a must be > 0, got {self.a}")
-        _require(self.b < 0, f"b must be < 0, got {self.b}")
-        _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
-        _require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
-        _require(self.warmup_tokens + self.decay_tokens <= self.total_tokens,
-                 f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
-                 f"exceed total_tokens ({self.total_tokens})")
+        require(self.a > 0, f"a must be > 0, got {self.a}")
+        require(self.b < 0, f"b must be < 0, got {self.b}")
+        require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
+        require(self.decay_tokens >= 0, f"decay_tokens must be >= 0, got {self.decay_tokens}")
+        require(
+            self.warmup_tokens + self.decay_tokens <= self.total_tokens,
+            f"warmup_tokens ({self.warmup_tokens}) + decay_tokens ({self.decay_tokens}) "
+            f"exceed total_tokens ({self.total_tokens})",
+        )
 
     @property
     def peak_lr(self) -> float:
@@ -326,7 +346,7 @@ def _build(cfg: ScheduleConfig, lr: float, total_tokens: int, batch_size: int) -
         return WSDSchedule(lr, total_tokens, w, decay, shape, r)
     if cfg.name == "wsd_s":
         points = [p for p in cfg.decay_points if p <= total_tokens]
-        _require(len(points) > 0, f"no decay_points {cfg.decay_points} <= total_tokens")
+        require(len(points) > 0, f"no decay_points {cfg.decay_points} <= total_tokens")
         return WSDSSchedule(lr, points, [cfg.decay_length(p) for p in points], w, shape, r)
     if cfg.name == "power":
         return PowerSchedule(lr, cfg.power_a, cfg.power_b, batch_size, total_tokens, w, decay, shape, r)
@@ -361,5 +381,5 @@ def lambda_lr(
 
 def sample(schedule: Schedule, total_tokens: float, points: int = 256) -> list[tuple[float, float]]:
     """(tokens, lr) at ``points`` evenly spaced token counts from 0 to ``total_tokens``, both included."""
-    _require(points >= 2, f"points must be >= 2, got {points}")
+    require(points >= 2, f"points must be >= 2, got {points}")
     return [(t, schedule(t)) for t in (total_tokens * i / (points - 1) for i in range(points))]

@@ -4,11 +4,23 @@
 schema table is generated from ``RUN_COLUMNS`` and ``CURVE_COLUMNS``. Units: batch sizes in
 sequences, token counts in tokens, LR is the base LR (width == base_width) before muP multipliers,
 losses in nats per token.
+
+Every setting that is part of a run's id is a column (``SETTING_COLUMNS``, derived from the settings
+in ``config.py``: the column's name, type and meaning come from the setting's own definition), so that
+two runs that differ in any such setting differ in a column, and a fit never pools them unawares.
+A record is checked against this schema when it is read (``record_problem``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, Literal, get_origin
+
 import pyarrow as pa
+
+from .config import SECTION_NAMES, SECTION_TYPES, RunConfig, field_types
 
 STATUSES = ("ok", "diverged", "failed")
 """ok: trained to the end; diverged: stopped early by a non-finite or exploding loss (a result);
@@ -16,36 +28,62 @@ failed: an error stopped it (not a result; ``--retry-failed`` reruns it)."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 
+# Columns holding a setting in a derived form: the data source with its path, the resolved decay length.
+_DERIVED_DOCS = {
+    "data": "data source and path (source:path)",
+    "decay_tokens": "decay length, tokens (0 when the schedule has none)",
+    "decay_points": "wsd_s: the budgets at which the main branch decays, comma-separated tokens",
+}
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    if annotation is int:
+        return pa.int64()
+    if annotation is float:
+        return pa.float64()
+    if annotation is str or get_origin(annotation) in (Literal, list):  # lists: comma-joined
+        return pa.string()
+    raise TypeError(f"no runs-table type for setting type {annotation!r}")
+
+
+def _setting_columns() -> tuple[dict[str, str], list[tuple[str, pa.DataType, str]]]:
+    """{"section.field": column} of every run-id setting, and the columns in settings order."""
+    mapping: dict[str, str] = {}
+    columns: dict[str, tuple[str, pa.DataType, str]] = {}
+    for section in SECTION_NAMES:
+        section_type = SECTION_TYPES[section]
+        hints = field_types(section_type)
+        for f in fields(section_type):
+            if not f.metadata["identity"]:
+                continue
+            column = f.metadata["column"] or f.name
+            mapping[f"{section}.{f.name}"] = column
+            columns.setdefault(
+                column, (column, _arrow_type(hints[f.name]), _DERIVED_DOCS.get(column, f.metadata["doc"]))
+            )
+    return mapping, list(columns.values())
+
+
+SETTING_COLUMNS, _SETTINGS = _setting_columns()
+"""Every run-id setting ("section.field") -> its runs-table column."""
+
 RUN_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("run_id", pa.string(), "hash of the settings that change the result"),
     ("sweep", pa.string(), "sweep name"),
     ("sweep_hash", pa.string(), "hash of the sweep file the run was launched from"),
     ("status", pa.string(), "ok | diverged | failed"),
     ("error", pa.string(), "failed: the error, one line"),
-    ("parametrization", pa.string(), "mup | sp"),
-    ("width", pa.int64(), "d_model"),
-    ("depth", pa.int64(), "transformer blocks"),
-    ("n_heads", pa.int64(), "attention heads"),
-    ("base_width", pa.int64(), "muP base width"),
-    ("seq_len", pa.int64(), "tokens per sequence"),
-    ("vocab_size", pa.int64(), "vocabulary size"),
+    *_SETTINGS,
     ("params_non_embedding", pa.int64(), "parameters without token embedding, positions and readout"),
-    ("batch_size", pa.int64(), "sequences per step"),
     ("batch_tokens", pa.int64(), "tokens per step = batch_size * seq_len"),
-    ("tokens", pa.int64(), "planned training tokens (the budget)"),
     ("tokens_seen", pa.int64(), "tokens actually trained on (less if diverged)"),
     ("steps", pa.int64(), "optimizer steps taken"),
-    ("lr", pa.float64(), "base peak LR (power: the cap lr_max)"),
-    ("schedule", pa.string(), "schedule name"),
-    ("warmup_tokens", pa.int64(), "warmup length, tokens"),
-    ("decay_tokens", pa.int64(), "decay length, tokens (0 when the schedule has none)"),
-    ("decay_shape", pa.string(), "decay shape"),
-    ("weight_decay", pa.float64(), "AdamW weight decay"),
-    ("averaging", pa.string(), "weight averaging kind"),
-    ("seed", pa.int64(), "training seed"),
-    ("data", pa.string(), "data source and path"),
     ("final_val_loss", pa.float64(), "validation loss of the final raw weights, nats/token (null unless ok)"),
-    ("final_val_loss_averaged", pa.float64(), "validation loss of the averaged weights (null without averaging)"),
+    (
+        "final_val_loss_averaged",
+        pa.float64(),
+        "validation loss of the averaged weights (null without averaging)",
+    ),
     ("final_train_loss", pa.float64(), "train loss of the last step"),
     ("diverged_at_tokens", pa.int64(), "diverged: tokens seen when it was stopped"),
     ("flops", pa.float64(), "training FLOPs spent: flops_per_token * tokens_seen"),
@@ -69,8 +107,103 @@ CURVE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("lr", pa.float64(), "base LR used for this step"),
     ("train_loss", pa.float64(), "train loss of this step"),
     ("val_loss", pa.float64(), "validation loss (null except at evaluation points)"),
-    ("val_loss_averaged", pa.float64(), "validation loss of the averaged weights (null except at evaluations with averaging)"),
+    (
+        "val_loss_averaged",
+        pa.float64(),
+        "validation loss of the averaged weights (null except at evaluations with averaging)",
+    ),
 ]
 
 RUNS_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in RUN_COLUMNS])
 CURVES_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in CURVE_COLUMNS])
+
+IDENTITY_COLUMNS = tuple(dict.fromkeys(SETTING_COLUMNS.values()))
+"""The columns of run-id settings, in settings order (a fit's cells are groups equal in all but LR and seed)."""
+
+REQUIRED = ("run_id", "sweep_hash", "status", "width", "depth", "batch_size", "tokens", "lr", "seed")
+POSITIVE = (
+    "width",
+    "depth",
+    "n_heads",
+    "base_width",
+    "seq_len",
+    "vocab_size",
+    "batch_size",
+    "batch_tokens",
+    "tokens",
+    "lr",
+)
+NON_NEGATIVE = (
+    "tokens_seen",
+    "steps",
+    "warmup_tokens",
+    "decay_tokens",
+    "params_non_embedding",
+    "flops",
+    "wall_seconds",
+    "resumes",
+    "diverged_at_tokens",
+    "weight_decay",
+)
+
+
+def setting_values(run: RunConfig) -> dict[str, Any]:
+    """The run-id settings of ``run`` as runs-table columns (the record writer's one source for them)."""
+    flat = run.flat()
+    values = {column: flat[setting] for setting, column in SETTING_COLUMNS.items()}
+    values["data"] = run.data.source + (f":{run.data.path}" if run.data.path else "")
+    values["decay_tokens"] = (
+        run.schedule.decay_length(run.training.tokens)
+        if run.schedule.name in ("wsd", "wsd_s", "power")
+        else 0
+    )
+    values["decay_points"] = ",".join(str(p) for p in run.schedule.decay_points)
+    return values
+
+
+def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
+    if pa.types.is_integer(dtype):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if pa.types.is_floating(dtype):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "expected a finite number"
+    if pa.types.is_string(dtype):
+        return None if isinstance(value, str) else "expected a string"
+    if pa.types.is_timestamp(dtype):
+        try:
+            ok = isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+        except ValueError:
+            ok = False
+        return None if ok else "expected an ISO 8601 time with a UTC offset"
+    return f"unsupported column type {dtype}"  # pragma: no cover - a programming error
+
+
+_TYPES = {name: dtype for name, dtype, _ in RUN_COLUMNS if name != "config"}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why ``record`` does not fit the runs schema (types, statuses, ranges), or None when it does.
+
+    Columns may be missing or null (older records lack newer columns) except ``REQUIRED``; ``config`` may
+    be a JSON object or its text; a failed run has an error.
+    """
+    for name in REQUIRED:
+        if record.get(name) is None:
+            return f"{name}: missing"
+    for name, dtype in _TYPES.items():
+        value = record.get(name)
+        if value is not None and (problem := _type_problem(value, dtype)):
+            return f"{name}: {problem}, got {value!r}"[:200]
+    if record["status"] not in STATUSES:
+        return f"status: {record['status']!r} is not one of {', '.join(STATUSES)}"
+    for name in POSITIVE:
+        if record.get(name) is not None and record[name] <= 0:
+            return f"{name}: must be > 0, got {record[name]!r}"
+    for name in NON_NEGATIVE:
+        if record.get(name) is not None and record[name] < 0:
+            return f"{name}: must be >= 0, got {record[name]!r}"
+    if record["status"] == "failed" and not record.get("error"):
+        return "error: a failed run needs one"
+    if not isinstance(record.get("config"), (dict, str, type(None))):
+        return "config: expected a JSON object"
+    return None

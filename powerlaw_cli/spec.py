@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,26 +31,32 @@ from .config import (
     SECTION_NAMES,
     SECTION_TYPES,
     ConfigError,
-    LaunchConfig,
     RunConfig,
     coerce_section,
     section_from_dict,
     stable_hash,
 )
 from .schedules import build_schedule
+from .sweep_settings import AdaptiveSettings, LaunchConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch")
+TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch", "adaptive")
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+"""A sweep's name names its directory and its Slurm jobs: a safe alphabet, no path or shell characters."""
 RANGE_FORMS = "a list, {log = [lo, hi], num = N}, {lin = [lo, hi], num = N}, {pow2 = [lo, hi]} or {start = x, ratio = r, num = N}"
 
 
 @dataclass
 class Sweep:
-    """A validated sweep: its runs (unique by run_id, in grid order) and launch defaults."""
+    """A validated sweep: its runs (unique by run_id, in grid order) and launch defaults.
+
+    An adaptive sweep (``[adaptive]``) has no runs in its file: its ``templates`` are the grid without the
+    LR (one run per cell and seed, at the file's base LR), and rounds add runs at LRs of its lattice.
+    """
 
     name: str
     path: Path
@@ -59,10 +66,17 @@ class Sweep:
     launch: LaunchConfig
     axes: dict[str, list[Any]] = field(default_factory=dict)
     duplicates: int = 0
+    adaptive: AdaptiveSettings | None = None
+    templates: list[RunConfig] = field(default_factory=list)
 
     @property
     def sweep_hash(self) -> str:
-        """The sweep's identity: its name and the set of its runs (not their order, not [launch])."""
+        """The sweep's identity: its name and the set of its runs (not their order, not [launch]); for an
+        adaptive sweep, its cells and LR lattice (its stopping rules may change between launches)."""
+        if self.adaptive is not None:
+            lattice = {"lr_min": self.adaptive.lr_min, "lr_step_log2": self.adaptive.lr_step_log2}
+            cells = sorted(run.run_id for run in self.templates)
+            return stable_hash({"name": self.name, "cells": cells, "lattice": lattice})
         return stable_hash({"name": self.name, "runs": sorted(run.run_id for run in self.runs)})
 
 
@@ -89,24 +103,42 @@ def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
     extra = sorted(set(header) - {"name", "description"})
     if extra:
         raise ConfigError(f"{path}: sweep.{extra[0]}: unknown setting; valid: name, description")
-    name = str(header.get("name", path.stem))
-    if not name or "/" in name:
-        raise ConfigError(f"{path}: sweep.name: {name!r} must be a non-empty name without '/'")
+    name = header.get("name", path.stem)
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{path}: sweep.name: {name!r} must be 1 to 100 letters, digits and . _ + -, "
+            "starting with a letter or digit"
+        )
     base = {section: dict(data.get(section, {})) for section in SECTION_NAMES}
-    for section, section_type in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
+    for (
+        section,
+        section_type,
+    ) in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
         coerce_section(section_type, base[section], f"{path}: {section}")
     launch = section_from_dict(LaunchConfig, data.get("launch", {}), f"{path}: launch")
     axes = parse_grid(data.get("grid", {}), path)
     runs, duplicates = expand(base, axes, path)
     flat_axes = {key: values for group in axes for key, values in group.items()}
-    return Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
+    sweep = Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
+    if "adaptive" in data:
+        if "optimizer.lr" in flat_axes:
+            raise ConfigError(
+                f"{path}: grid.optimizer.lr: an adaptive sweep chooses its LRs; give [adaptive] "
+                "lr_min and lr_max instead of an LR axis"
+            )
+        sweep.adaptive = section_from_dict(AdaptiveSettings, data["adaptive"], f"{path}: adaptive")
+        sweep.templates, sweep.runs = sweep.runs, []
+    return sweep
 
 
 def _resolve_data_path(data: dict[str, dict[str, Any]], spec_path: Path) -> dict[str, dict[str, Any]]:
     """A relative data.path is relative to the spec file's folder; workers get it absolute."""
     path = data["data"].get("path")
     if isinstance(path, str) and path:
-        data = {**data, "data": {**data["data"], "path": str((spec_path.parent / Path(path).expanduser()).resolve())}}
+        data = {
+            **data,
+            "data": {**data["data"], "path": str((spec_path.parent / Path(path).expanduser()).resolve())},
+        }
     return data
 
 
@@ -118,8 +150,10 @@ def parse_grid(grid: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
             groups.extend(_parse_zip(entries, path))
             continue
         if section not in SECTION_NAMES or not isinstance(entries, dict):
-            raise ConfigError(f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
-                              f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]")
+            raise ConfigError(
+                f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
+                f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]"
+            )
         for name, axis in entries.items():
             key = f"{section}.{name}"
             groups.append({key: axis_values(axis, f"{path}: grid.{key}")})
@@ -134,8 +168,10 @@ def _parse_zip(entries: Any, path: Path) -> list[dict[str, list[Any]]]:
         group: dict[str, list[Any]] = {}
         for section, fields in entry.items():
             if section not in SECTION_NAMES or not isinstance(fields, dict):
-                raise ConfigError(f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
-                                  f"{', '.join(SECTION_NAMES)}")
+                raise ConfigError(
+                    f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
+                    f"{', '.join(SECTION_NAMES)}"
+                )
             for name, axis in fields.items():
                 group[f"{section}.{name}"] = axis_values(axis, f"{path}: grid.zip[{i}].{section}.{name}")
         lengths = {key: len(values) for key, values in group.items()}
@@ -162,13 +198,16 @@ def axis_values(axis: Any, where: str) -> list[Any]:
             if "log" in axis:
                 if lo <= 0 or hi <= 0:
                     raise ConfigError(f"{where}: log range bounds must be > 0")
-                return [_round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / max(num - 1, 1))) for i in range(num)]
+                return [
+                    _round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / max(num - 1, 1)))
+                    for i in range(num)
+                ]
             return [_round(lo + (hi - lo) * i / max(num - 1, 1)) for i in range(num)]
         if keys == {"pow2"}:
             lo, hi = _pair(axis["pow2"], where)
             if lo <= 0 or hi < lo or not (math.log2(lo).is_integer() and math.log2(hi).is_integer()):
                 raise ConfigError(f"{where}: pow2 = [lo, hi] needs powers of two with lo <= hi")
-            return [2 ** k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
+            return [2**k for k in range(int(math.log2(lo)), int(math.log2(hi)) + 1)]
         if keys == {"start", "ratio", "num"}:
             start, ratio, num = float(axis["start"]), float(axis["ratio"]), _count(axis["num"], where)
             if start <= 0 or ratio <= 0:
@@ -198,15 +237,26 @@ def _round(value: float) -> float:
     return float(f"{value:.12g}")
 
 
-def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], path: Path) -> tuple[list[RunConfig], int]:
-    """The product of all axis groups applied to the base settings; unique runs in grid order."""
+def expand(
+    base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], path: Path
+) -> tuple[list[RunConfig], int]:
+    """The product of all axis groups applied to the base settings; unique runs in grid order.
+
+    Equal sections are built once and shared between runs, and each distinct (schedule, budget, batch)
+    is checked once: a 100,000-run grid costs seconds, not minutes.
+    """
     runs: dict[str, RunConfig] = {}
     duplicates = 0
     tokens_on_grid = any("training.tokens" in group for group in axes)
-    choices = [[dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)] for group in axes]
+    choices = [
+        [dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)]
+        for group in axes
+    ]
+    shared: dict[tuple, Any] = {}
+    checked: set[tuple[int, int, int]] = set()
     for combination in itertools.product(*choices):
         overrides = {key: value for part in combination for key, value in part.items()}
-        for config in _configs_at(base, overrides, tokens_on_grid, path):
+        for config in _configs_at(base, overrides, tokens_on_grid, path, shared, checked):
             if config.run_id in runs:
                 duplicates += 1
             else:
@@ -214,7 +264,14 @@ def expand(base: dict[str, dict[str, Any]], axes: list[dict[str, list[Any]]], pa
     return list(runs.values()), duplicates
 
 
-def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, path: Path) -> list[RunConfig]:
+def _configs_at(
+    base: dict,
+    overrides: dict[str, Any],
+    tokens_on_grid: bool,
+    path: Path,
+    shared: dict[tuple, Any],
+    checked: set[tuple[int, int, int]],
+) -> list[RunConfig]:
     data = {section: dict(values) for section, values in base.items()}
     for key, value in overrides.items():
         section, name = key.split(".", 1)
@@ -226,14 +283,23 @@ def _configs_at(base: dict, overrides: dict[str, Any], tokens_on_grid: bool, pat
         points = schedule.get("decay_points", [])
         if not isinstance(points, list) or not points:
             raise ConfigError(f"{path}: schedule.decay_points: wsd_s needs a list of token budgets")
-        runs = [RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where) for p in points]
+        runs = [
+            RunConfig.from_dict({**data, "training": {**data["training"], "tokens": p}}, where, shared)
+            for p in points
+        ]
     else:
-        runs = [RunConfig.from_dict(data, where)]
-    for run in runs:  # an impossible schedule fails here, before anything is submitted
+        runs = [RunConfig.from_dict(data, where, shared)]
+    for (
+        run
+    ) in runs:  # an impossible schedule fails here, before anything is submitted (the LR cannot make it so)
+        key = (id(run.schedule), run.training.tokens, run.training.batch_size)
+        if key in checked:
+            continue
         try:
             build_schedule(run.schedule, run.optimizer.lr, run.training.tokens, run.training.batch_size)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
+        checked.add(key)
     return runs
 
 

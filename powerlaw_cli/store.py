@@ -1,4 +1,4 @@
-"""The sweep directory: its layout, atomic writes, trusted records, and ``collect`` to Parquet.
+"""The sweep directory: its layout, the one writer of its files, and its trusted records.
 
 Layout (the single source of truth; every command after ``launch`` reads only this)::
 
@@ -8,66 +8,87 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       manifest.parquet            one row per run: run_id, trunk_id, every setting, config JSON
       tasks/launch-N.json         the run ids of every task of launch N, and its options
       launches.jsonl              one line per launch: executor, job ids per task
+      launch.lock                 held by the launch that is reading the state or submitting
+      records.index.json          status, error, loss and file key of every trusted record (status, launch read it)
+      rounds.jsonl                an adaptive sweep's rounds: what each added, why, at what cost
       runs/ab/RUN_ID.json         one record per finished run, written atomically
-      curves/ab/RUN_ID.parquet    the run's loss curve
+      curves/ab/RUN_ID.arrow      the run's loss curve (Arrow IPC, zstd)
       checkpoints/KEY.pt          resumable state of unfinished work (removed once recorded)
       jobs/                       submitit's folder (pickles, logs)
       code/HASH/powerlaw_cli      the code snapshot Slurm workers run
-      runs.parquet, curves.parquet   written by collect
+      runs.parquet, curves.parquet   the records and curves as tables
 
-A run is finished when its record exists. Nothing here imports torch.
+A run is finished when its record exists. ``records.index.json`` keeps each trusted record's status (for
+``status`` and ``launch``) with its file's key (modification time, size, inode), so that they read only
+the records that are new or changed since they last looked; ``collect.py`` keeps such keys for
+``runs.parquet``. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from .schema import CURVES_SCHEMA, RUNS_SCHEMA, STATUSES
+from .errors import PlsweepError
+from .schema import CURVES_SCHEMA, record_problem
 
-RECORD_MTIMES_KEY = b"plsweep.record_mtimes"
 
-
-class SweepDirError(ValueError):
+class SweepDirError(PlsweepError):
     """The directory is not a sweep directory, or belongs to another sweep."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], durable: bool = True) -> None:
+    """Write ``path`` so that readers see the old file or the new one, never a part.
+
+    ``data`` is the bytes, or a function that writes into the open binary file (e.g. a Parquet writer).
+    The file goes to a temporary name in the same folder, is flushed to disk (unless not ``durable``: a
+    file whose loss after a machine crash costs nothing that matters), then renamed over ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                data(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_table(path: Path, table: pa.Table) -> None:
+    """A Parquet file, written atomically."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+
+def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None) -> pa.Table:
+    """A Parquet file (only ``columns``, only the rows of ``run_ids`` if given), read directly: ``pq.read_table``
+    goes through pyarrow's dataset layer, which imports pandas, and is slower for one file."""
+    table = pq.ParquetFile(path).read(columns=columns)
+    if run_ids is not None:
+        table = table.filter(pc.is_in(table["run_id"], value_set=pa.array(run_ids, pa.string())))
+    return table
 
 
 def json_ready(value: Any) -> Any:
@@ -81,6 +102,24 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def write_run_files(
+    record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]
+) -> None:
+    """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
+
+    The record comes last: its existence means the run is finished (``plsweep train`` uses this too). The
+    record is flushed to disk before it is renamed into place; the curve is not waited for (a curve lost to
+    a machine crash is reported by ``collect`` and costs the curve, not the result).
+    """
+    if curve:
+        rows = [{**row, "run_id": record["run_id"]} for row in curve]
+        table = pa.Table.from_pylist(rows, schema=CURVES_SCHEMA)
+        atomic_write(
+            curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"), durable=False
+        )
+    atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
+
+
 @dataclass
 class RecordProblem:
     """A record file that cannot be trusted, and why."""
@@ -88,12 +127,16 @@ class RecordProblem:
     path: Path
     reason: str
 
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
 
 @dataclass
 class SweepDir:
     """Paths and I/O of one sweep directory."""
 
     root: Path
+    _info: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -102,6 +145,9 @@ class SweepDir:
     info_path = property(lambda self: self.root / "sweep.json")
     manifest_path = property(lambda self: self.root / "manifest.parquet")
     launches_path = property(lambda self: self.root / "launches.jsonl")
+    lock_path = property(lambda self: self.root / "launch.lock")
+    index_path = property(lambda self: self.root / "records.index.json")
+    rounds_path = property(lambda self: self.root / "rounds.jsonl")
     jobs_dir = property(lambda self: self.root / "jobs")
     runs_table_path = property(lambda self: self.root / "runs.parquet")
     curves_table_path = property(lambda self: self.root / "curves.parquet")
@@ -121,22 +167,50 @@ class SweepDir:
                     f"(hash {sweep_hash}); launch a changed spec into a new directory (--out)"
                 )
             return
-        if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and any(p.name != self.lock_path.name for p in self.root.iterdir()):
             raise SweepDirError(f"{self.root} exists, is not empty and is not a sweep directory")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        atomic_write_bytes(self.spec_path, spec_text.encode())
+        atomic_write(self.spec_path, spec_text.encode())
         info = {"name": name, "sweep_hash": sweep_hash, "created_at": datetime.now().astimezone().isoformat()}
-        atomic_write_bytes(self.info_path, json.dumps(info, indent=2).encode())
+        atomic_write(self.info_path, json.dumps(info, indent=2).encode())
 
     def info(self) -> dict[str, str]:
         """{name, sweep_hash, created_at}; raises SweepDirError if this is not a sweep directory."""
-        try:
-            return json.loads(self.info_path.read_text())
-        except FileNotFoundError:
-            raise SweepDirError(f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first") from None
-        except json.JSONDecodeError as err:
-            raise SweepDirError(f"{self.info_path}: corrupt ({err})") from None
+        if self._info is None:
+            try:
+                self._info = json.loads(self.info_path.read_text())
+            except FileNotFoundError:
+                raise SweepDirError(
+                    f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first"
+                ) from None
+            except (OSError, ValueError) as err:
+                raise SweepDirError(f"{self.info_path}: unreadable ({err})") from None
+        return self._info
+
+    @contextlib.contextmanager
+    def launch_lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the sweep's launch lock: one launch at a time reads the state, submits and records.
+
+        A second launch waits (``on_wait`` gets one message naming the holder) until the first has
+        recorded what it submitted. The kernel releases the lock when its holder exits or dies; on a
+        shared file system it needs working ``flock`` (NFSv4, Lustre mounted with ``flock``, GPFS).
+        """
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if on_wait is not None:
+                    on_wait(f"{self.root}: waiting for the launch held by {holder} to finish submitting")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n")
+            handle.flush()
+            yield
 
     # --- per-run files ----------------------------------------------------------------------
 
@@ -144,7 +218,7 @@ class SweepDir:
         return self.root / "runs" / run_id[:2] / f"{run_id}.json"
 
     def curve_path(self, run_id: str) -> Path:
-        return self.root / "curves" / run_id[:2] / f"{run_id}.parquet"
+        return self.root / "curves" / run_id[:2] / f"{run_id}.arrow"
 
     def checkpoint_path(self, key: str) -> Path:
         return self.root / "checkpoints" / f"{key}.pt"
@@ -154,22 +228,34 @@ class SweepDir:
 
     def write_result(self, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         """Write a run's curve, then its record: the record's existence means the run is finished."""
-        run_id = record["run_id"]
-        if curve:
-            rows = [{**row, "run_id": run_id} for row in curve]
-            atomic_write_table(self.curve_path(run_id), pa.Table.from_pylist(rows, schema=CURVES_SCHEMA))
-        text = json.dumps(json_ready(record), indent=1, sort_keys=True)
-        atomic_write_bytes(self.record_path(run_id), text.encode())
+        write_run_files(self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve)
 
-    def record_files(self) -> list[Path]:
-        runs = self.root / "runs"
-        return sorted(runs.glob("*/*.json")) if runs.exists() else []
+    def record_files(self) -> dict[str, tuple[Path, str]]:
+        """run_id -> (path, key) of every record file; the key (mtime, size, inode) changes when it is replaced."""
+        out: dict[str, tuple[Path, str]] = {}
+        try:
+            prefixes = os.scandir(self.root / "runs")
+        except FileNotFoundError:
+            return out
+        with prefixes:
+            for prefix in prefixes:
+                if not prefix.is_dir():
+                    continue
+                with os.scandir(prefix.path) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(".json") and not entry.name.startswith("."):
+                            st = entry.stat()
+                            out[entry.name[:-5]] = (
+                                Path(entry.path),
+                                f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
+                            )
+        return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
-        """A record, trusted only if it parses and belongs here (run id = file name, sweep hash)."""
+        """A record, trusted only if it parses, belongs here (run id = file name, sweep hash) and fits the schema."""
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            record = json.loads(path.read_bytes())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
             return RecordProblem(path, f"unreadable ({type(err).__name__}: {err})")
         if not isinstance(record, dict):
             return RecordProblem(path, "not a JSON object")
@@ -177,171 +263,140 @@ class SweepDir:
             return RecordProblem(path, f"run_id {record.get('run_id')!r} does not match the file name")
         expected = sweep_hash if sweep_hash is not None else self.info()["sweep_hash"]
         if record.get("sweep_hash") != expected:
-            return RecordProblem(path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}")
-        if record.get("status") not in STATUSES:
-            return RecordProblem(path, f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
-        return record
+            return RecordProblem(
+                path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}"
+            )
+        problem = record_problem(record)
+        return RecordProblem(path, f"does not fit the runs schema: {problem}") if problem else record
 
-    def records(self) -> tuple[dict[str, dict[str, Any]], list[RecordProblem]]:
-        """All trusted records by run id, and the problems of the others."""
-        sweep_hash = self.info()["sweep_hash"]
-        good: dict[str, dict[str, Any]] = {}
-        bad: list[RecordProblem] = []
-        for path in self.record_files():
-            record = self.read_record(path, sweep_hash)
-            if isinstance(record, RecordProblem):
-                bad.append(record)
-            else:
-                good[record["run_id"]] = record
-        return good, bad
+    def read_result(self, run_id: str) -> dict[str, Any] | RecordProblem | None:
+        """The trusted record of one run, its problem, or None when it has no record file."""
+        path = self.record_path(run_id)
+        return self.read_record(path) if path.exists() else None
 
     # --- manifest, tasks, launches ----------------------------------------------------------
 
     def write_manifest(self, table: pa.Table) -> None:
-        atomic_write_table(self.manifest_path, table)
+        write_table(self.manifest_path, table)
 
-    def manifest(self) -> pa.Table:
+    def _read_manifest(self, columns: list[str], run_ids: list[str] | None = None) -> pa.Table:
+        self.info()  # not a sweep directory at all: say so
         if not self.manifest_path.exists():
             raise SweepDirError(f"{self.root}: no manifest.parquet; the sweep was never launched")
-        return pq.read_table(self.manifest_path)
+        return read_table(self.manifest_path, columns, run_ids)
+
+    def manifest_run_ids(self) -> list[str]:
+        """Every run of the sweep, in grid order."""
+        return self._read_manifest(["run_id"]).column("run_id").to_pylist()
+
+    def manifest_configs(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The settings {section: {field: value}} of these runs only (a worker's task), from the manifest."""
+        table = self._read_manifest(["run_id", "config"], list(run_ids))
+        return dict(
+            zip(
+                table.column("run_id").to_pylist(),
+                map(json.loads, table.column("config").to_pylist()),
+                strict=True,
+            )
+        )
 
     def write_tasks(self, launch: int, tasks: list[list[str]], options: dict[str, Any]) -> None:
         """Launch N's run ids per task and the options its workers follow, written before anything runs."""
-        atomic_write_bytes(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
+        atomic_write(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
+
+    def _tasks_file(self, launch: int) -> dict[str, Any]:
+        return json.loads(self.tasks_path(launch).read_text())
 
     def tasks(self, launch: int) -> list[list[str]]:
         """The run ids of every task of launch N."""
-        return json.loads(self.tasks_path(launch).read_text())["tasks"]
+        return self._tasks_file(launch)["tasks"]
 
     def task_options(self, launch: int) -> dict[str, Any]:
         """The options launch N's workers follow (share_trunks, retry_failed)."""
-        return json.loads(self.tasks_path(launch).read_text())["options"]
+        return self._tasks_file(launch)["options"]
 
     def launches(self) -> list[dict[str, Any]]:
-        """Every launch so far, oldest first (lines that do not parse are skipped)."""
-        if not self.launches_path.exists():
-            return []
-        out = []
-        for line in self.launches_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        """Every launch so far, oldest first."""
+        return _read_lines(self.launches_path)
 
     def next_launch_number(self) -> int:
         return max((entry["launch"] for entry in self.launches()), default=-1) + 1
 
     def append_launch(self, entry: dict[str, Any]) -> None:
-        """Append one JSON line (a single small write, so concurrent appends do not interleave)."""
-        with open(self.launches_path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        """Record a launch: its executor, tasks' job ids and options."""
+        _append_line(self.launches_path, entry)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """Every round of an adaptive sweep so far, oldest first."""
+        return _read_lines(self.rounds_path)
+
+    def append_round(self, entry: dict[str, Any]) -> None:
+        """Record an adaptive round: what it added, why, and what it cost."""
+        _append_line(self.rounds_path, json_ready(entry))
 
 
-def awaits_retry(record: dict[str, Any], entry: dict[str, Any]) -> bool:
-    """Is this failed run still to be retried by launch ``entry``? Only if that launch reruns failures and
-    the record predates it; a record written after it came from that launch's own attempt."""
-    if record["status"] != "failed" or not entry.get("retry_failed") or not record.get("finished_at"):
-        return False
-    return datetime.fromisoformat(record["finished_at"]) < datetime.fromisoformat(entry["submitted_at"])
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, oldest first (lines that do not parse are skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _append_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line (a single small write, so concurrent appends do not interleave)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+# --- the record index: what status and launch need of every record -----------------------------
 
 
 @dataclass
-class CollectReport:
-    """What ``collect`` did."""
+class RecordIndex:
+    """Per trusted record: its status, error, finish time and final loss; and the record files that cannot be
+    trusted."""
 
-    runs: int = 0
-    new: int = 0
-    problems: list[RecordProblem] = field(default_factory=list)
-    runs_path: Path | None = None
-    curves_path: Path | None = None
+    records: dict[str, dict[str, Any]]
+    problems: list[RecordProblem]
 
 
-def _record_row(record: dict[str, Any]) -> dict[str, Any]:
-    row = {name: record.get(name) for name in RUNS_SCHEMA.names}
-    for name in ("started_at", "finished_at"):
-        if isinstance(row[name], str):
-            row[name] = datetime.fromisoformat(row[name])
-    if isinstance(row["config"], dict):
-        row["config"] = json.dumps(row["config"], sort_keys=True)
-    return row
+INDEX_FIELDS = ("status", "error", "finished_at", "final_val_loss")
 
 
-def collect(sweep: SweepDir) -> CollectReport:
-    """Gather records into ``runs.parquet`` and curves into ``curves.parquet``, incrementally.
+def record_index(sweep: SweepDir) -> RecordIndex:
+    """The status, error, finish time and final loss of every trusted record, from ``records.index.json``.
 
-    Only records that are new or changed since the last collect (by file modification time, kept in
-    the Parquet file's metadata) are read. Corrupt or foreign records are reported and left out, so
-    they count as not finished. Both files are replaced atomically: two collects at once never leave
-    a broken file (the later one wins).
+    The index keeps each record file's key (modification time, size, inode): only records that are new or
+    changed since it was written are read and checked, and it is rewritten (atomically) only then. Records
+    that cannot be trusted are not indexed, so they are read again, and reported, every time. Plain JSON:
+    building Arrow tables from Python objects would import pandas, which ``status`` must not.
     """
     sweep_hash = sweep.info()["sweep_hash"]
-    old_rows, old_mtimes = _read_previous(sweep.runs_table_path)
-    files = {path.stem: path for path in sweep.record_files()}
-    mtimes = {run_id: path.stat().st_mtime_ns for run_id, path in files.items()}
-    changed = [run_id for run_id in files if old_mtimes.get(run_id) != mtimes[run_id]]
-    report = CollectReport()
-    rows = {run_id: row for run_id, row in old_rows.items() if run_id in files and run_id not in changed}
-    fresh: list[str] = []
-    for run_id in changed:
-        record = sweep.read_record(files[run_id], sweep_hash)
-        if isinstance(record, RecordProblem):
-            report.problems.append(record)
-            mtimes.pop(run_id)
-            continue
-        rows[run_id] = _record_row(record)
-        fresh.append(run_id)
-    kept = {run_id: mtimes[run_id] for run_id in rows}
-    table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=RUNS_SCHEMA)
-    table = table.replace_schema_metadata({RECORD_MTIMES_KEY: json.dumps(kept).encode()})
-    _write_curves(sweep, set(rows), set(fresh))
-    atomic_write_table(sweep.runs_table_path, table)
-    report.runs, report.new = len(rows), len(fresh)
-    report.runs_path, report.curves_path = sweep.runs_table_path, sweep.curves_table_path
-    return report
-
-
-def _read_previous(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """Rows and record mtimes of a previous collect; an unreadable file means starting over."""
-    if not path.exists():
-        return {}, {}
+    files = sweep.record_files()
     try:
-        table = pq.read_table(path)
-        metadata = table.schema.metadata or {}
-        mtimes = json.loads(metadata.get(RECORD_MTIMES_KEY, b"{}"))
-        return {row["run_id"]: row for row in table.to_pylist()}, mtimes
-    except (pa.ArrowException, OSError, json.JSONDecodeError):
-        return {}, {}
-
-
-def _write_curves(sweep: SweepDir, keep: set[str], fresh: set[str]) -> None:
-    """curves.parquet = old curves of kept runs + the curves of fresh runs."""
-    parts: list[pa.Table] = []
-    path = sweep.curves_table_path
-    if path.exists() and not fresh >= keep:
-        try:
-            old = pq.read_table(path)
-            stale = pa.array(sorted(fresh) + sorted(set(_unique_run_ids(old)) - keep), pa.string())
-            parts.append(old.filter(pc.invert(pc.is_in(old["run_id"], value_set=stale))).cast(CURVES_SCHEMA))
-        except (pa.ArrowException, OSError):
-            fresh = set(keep)  # an unreadable old file: rebuild every curve from its run file
-    missing = keep - fresh - {run_id for part in parts for run_id in _unique_run_ids(part)}
-    parts.extend(_read_curve_files(sweep, sorted(fresh | missing)))
-    table = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
-    atomic_write_table(path, table)
-
-
-def _unique_run_ids(table: pa.Table) -> list[str]:
-    return pc.unique(table["run_id"]).to_pylist()
-
-
-def _read_curve_files(sweep: SweepDir, run_ids: list[str]) -> list[pa.Table]:
-    tables = []
-    for run_id in run_ids:
-        path = sweep.curve_path(run_id)
-        if path.exists():
-            try:
-                tables.append(pq.read_table(path).cast(CURVES_SCHEMA))
-            except (pa.ArrowException, OSError):
-                continue  # a run's missing curve never blocks collecting its record
-    return tables
+        old = json.loads(sweep.index_path.read_bytes())
+    except (OSError, ValueError):
+        old = {}
+    index = {
+        run_id: entry
+        for run_id, entry in old.items()
+        if run_id in files and entry.get("key") == files[run_id][1]
+    }
+    problems = []
+    for run_id, (path, key) in files.items():
+        if run_id in index:
+            continue
+        record = sweep.read_record(path, sweep_hash)
+        if isinstance(record, RecordProblem):
+            problems.append(record)
+        else:
+            index[run_id] = {"key": key, **{name: record.get(name) for name in INDEX_FIELDS}}
+    if index != old:
+        atomic_write(sweep.index_path, json.dumps(index).encode())
+    return RecordIndex(index, problems)

@@ -22,7 +22,7 @@ import torch
 from .averaging import build_averager
 from .config import RunConfig
 from .data import TokenSource
-from .model import GPT
+from .model import GPT, cross_entropy
 
 
 class Diverged(Exception):
@@ -57,11 +57,6 @@ class Control:
             raise StopRequested("stopped at a step boundary after saving a checkpoint")
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss in nats, in fp32 also under bf16 autocast."""
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
 def resolve_device(setting: str) -> torch.device:
     """``auto``: the first visible CUDA device when there is one, else the CPU."""
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
@@ -74,7 +69,9 @@ def resolve_device(setting: str) -> torch.device:
 class Trajectory:
     """The state of one model being trained under ``cfg`` with LR ``schedule`` (tokens -> LR)."""
 
-    def __init__(self, cfg: RunConfig, source: TokenSource, schedule: Callable[[float], float], device: torch.device):
+    def __init__(
+        self, cfg: RunConfig, source: TokenSource, schedule: Callable[[float], float], device: torch.device
+    ):
         self.cfg, self.source, self.schedule, self.device = cfg, source, schedule, device
         self.model = GPT(cfg.model, seed=cfg.training.seed).to(device)
         self.forward = torch.compile(self.model) if cfg.training.compile else self.model
@@ -117,14 +114,24 @@ class Trajectory:
             loss.backward()
             total += loss.detach()
         if self.cfg.optimizer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.grad_clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.cfg.optimizer.grad_clip, foreach=True
+            )
         self.optimizer.step()
         self.step += 1
         if self.averager is not None:
             self.averager.update(self.model, self.step - 1)
         loss_value = float(total)
-        self.curve.append({"step": self.step, "tokens": self.tokens_seen, "lr": lr, "train_loss": loss_value,
-                           "val_loss": None, "val_loss_averaged": None})
+        self.curve.append(
+            {
+                "step": self.step,
+                "tokens": self.tokens_seen,
+                "lr": lr,
+                "train_loss": loss_value,
+                "val_loss": None,
+                "val_loss_averaged": None,
+            }
+        )
         return loss_value
 
     def check_divergence(self, loss: float) -> None:
@@ -135,8 +142,15 @@ class Trajectory:
         if not math.isfinite(loss) or loss > limit:
             raise Diverged(self.tokens_seen, loss)
 
-    def advance(self, to_step: int, control: Control | None = None, evaluate_every: int = 0) -> None:
-        """Train until ``self.step == to_step``, evaluating every ``evaluate_every`` steps (0: never)."""
+    def advance(
+        self, to_step: int, control: Control | None = None, evaluate_every: int = 0, end_of_run: bool = True
+    ) -> None:
+        """Train until ``self.step == to_step``, evaluating every ``evaluate_every`` steps (0: never).
+
+        ``end_of_run``: ``to_step`` ends a run, whose record evaluates it, so it is not evaluated here; a
+        trunk advancing to a fork (not the end of a run) evaluates there too when it is due, so that a branch
+        has the evaluation points of the run trained alone.
+        """
         started = time.monotonic()
         try:
             while self.step < to_step:
@@ -145,7 +159,11 @@ class Trajectory:
                     started = time.monotonic()
                     control.at_step_boundary()
                 self.check_divergence(self.train_step())
-                if evaluate_every and self.step % evaluate_every == 0 and self.step < to_step:
+                if (
+                    evaluate_every
+                    and self.step % evaluate_every == 0
+                    and (self.step < to_step or not end_of_run)
+                ):
                     self.evaluate()
         finally:
             self.wall_seconds += time.monotonic() - started

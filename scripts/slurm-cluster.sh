@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A real one-node Slurm cluster on loopback, everything (config, state, logs, database) inside DIR.
 #
-#   scripts/slurm-cluster.sh start  DIR [--max-array-size N] [--port-base P]
+#   scripts/slurm-cluster.sh start  DIR [--max-array-size N] [--max-job-count N] [--port-base P]
 #   scripts/slurm-cluster.sh stop   DIR
 #   scripts/slurm-cluster.sh status DIR
 #
 # `start` brings up, in this order: munged, MariaDB, slurmdbd (accounting, so `sacct` works),
 # slurmctld and slurmd, and returns once `sinfo` shows the node idle and `sacct` answers; it prints
 # the path of DIR/env.sh, which clients source (it exports SLURM_CONF=DIR/slurm.conf). `start` on
-# a DIR whose cluster runs is a no-op, or, with another --max-array-size, restarts slurmctld with it
-# (running and queued jobs survive). `start` after `stop` on the same DIR resumes its state and
+# a DIR whose cluster runs is a no-op, or, with another --max-array-size or --max-job-count, restarts
+# slurmctld with them (running and queued jobs survive). MaxJobCount defaults to
+# max(4 * MaxArraySize, 10000). Association limits are enforced (AccountingStorageEnforce=limits), as
+# on real clusters: `sacctmgr -i modify user root set MaxSubmitJobs=N` takes effect at once. `start` after `stop` on the same DIR resumes its state and
 # accounting history; on a fresh DIR it starts from scratch.
 # `stop` cancels the cluster's jobs, then ends every daemon by the pid in its pid file and waits
 # for it to exit. `status` reports the daemons (exit 0: all running, 3: none, 1: some).
@@ -190,15 +192,12 @@ check_port_free() {
 # ---------------------------------------------------------------------------------------------
 
 write_configs() {
-    local cpus mem_mb max_job_count
+    local cpus mem_mb
     cpus=$(nproc)
     # RealMemory must not exceed what slurmd detects, or the node is drained ("Low RealMemory").
     # Take 80% of the memory available now (the container may be smaller than the host).
     mem_mb=$(awk '/^MemAvailable:/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
     ((mem_mb >= 100)) || mem_mb=100
-    # slurm.conf(5): MaxJobCount "should be much larger than MaxArraySize".
-    max_job_count=$((MAX_ARRAY_SIZE * 4 > 10000 ? MAX_ARRAY_SIZE * 4 : 10000))
-
     # No spank plugins from /etc/slurm: point PlugStackConfig at an empty file of our own.
     : >"$DIR/plugstack.conf"
 
@@ -232,7 +231,7 @@ SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=2,sched_min_interval=0,batch_sched_delay=0
 # Real clusters cap arrays (Slurm's default is 1001); tests set it low to exercise chunking.
 MaxArraySize=$MAX_ARRAY_SIZE
-MaxJobCount=$max_job_count
+MaxJobCount=$MAX_JOB_COUNT
 # Requeue (scontrol requeue / submitit preemption) must work; keep it quick: KillWait is the grace
 # between SIGTERM and SIGKILL (default 30 s), and cred_expire is also how long a requeued job waits
 # (pending, reason BeginTime) before it may start again (default 120 s).
@@ -243,6 +242,7 @@ AuthInfo=cred_expire=$CRED_EXPIRE
 ReturnToService=2
 # Accounting through slurmdbd, so that sacct (which submitit polls) works.
 AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageEnforce=limits
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 JobAcctGatherType=jobacct_gather/linux
@@ -411,16 +411,15 @@ count_running() {
 
 conf_value() { sed -n "s/^$1=//p" "$CONF" 2>/dev/null | head -n 1; }
 
-# Change MaxArraySize of the running cluster in DIR. `scontrol reconfigure` is NOT enough: after it,
-# `scontrol show config` reports the new value but sbatch still enforces the old one (verified,
-# Slurm 22.05). So rewrite slurm.conf and restart slurmctld; it recovers jobs from StateSaveLocation
-# and slurmd keeps running (~3 s).
-set_max_array_size() {
-    local old=$1 t0=$SECONDS max_job_count
-    log "changing MaxArraySize $old -> $MAX_ARRAY_SIZE: restarting slurmctld"
-    max_job_count=$((MAX_ARRAY_SIZE * 4 > 10000 ? MAX_ARRAY_SIZE * 4 : 10000))
+# Change MaxArraySize and MaxJobCount of the running cluster in DIR. `scontrol reconfigure` is NOT
+# enough: after it, `scontrol show config` reports the new value but sbatch still enforces the old one
+# (verified, Slurm 22.05). So rewrite slurm.conf and restart slurmctld; it recovers jobs from
+# StateSaveLocation and slurmd keeps running (~3 s).
+set_limits() {
+    local old=$1 t0=$SECONDS
+    log "changing MaxArraySize/MaxJobCount $old -> $MAX_ARRAY_SIZE/$MAX_JOB_COUNT: restarting slurmctld"
     sed -i -e "s/^MaxArraySize=.*/MaxArraySize=$MAX_ARRAY_SIZE/" \
-        -e "s/^MaxJobCount=.*/MaxJobCount=$max_job_count/" "$CONF"
+        -e "s/^MaxJobCount=.*/MaxJobCount=$MAX_JOB_COUNT/" "$CONF"
     stop_daemon slurmctld "$CTLD_PID" slurmctld
     start_slurmctld
     # slurmd re-reads slurm.conf and re-registers at once (else: "Node appears to have a different
@@ -428,7 +427,7 @@ set_max_array_size() {
     SLURM_CONF=$CONF scontrol reconfigure || true
     wait_until "$START_TIMEOUT" node_idle ||
         die "node $NODE is not up after restarting slurmctld" "$CTLD_LOG" "$SLURMD_LOG"
-    log "slurmctld restarted in $((SECONDS - t0)) s with MaxArraySize=$MAX_ARRAY_SIZE"
+    log "slurmctld restarted in $((SECONDS - t0)) s with MaxArraySize=$MAX_ARRAY_SIZE MaxJobCount=$MAX_JOB_COUNT"
     echo "$ENV_SH"
 }
 
@@ -437,13 +436,13 @@ cmd_start() {
     running=$(count_running)
     if ((running == 4)) && munge_ok >/dev/null 2>&1; then
         local current
-        current=$(conf_value MaxArraySize)
-        if [[ $current == "$MAX_ARRAY_SIZE" ]]; then
-            log "already running in $DIR (MaxArraySize=$current); nothing to do"
+        current="$(conf_value MaxArraySize)/$(conf_value MaxJobCount)"
+        if [[ $current == "$MAX_ARRAY_SIZE/$MAX_JOB_COUNT" ]]; then
+            log "already running in $DIR (MaxArraySize/MaxJobCount=$current); nothing to do"
             echo "$ENV_SH"
             return 0
         fi
-        set_max_array_size "$current"
+        set_limits "$current"
         return 0
     elif ((running > 0)); then
         log "$running of 4 daemons of a previous start are still running in $DIR; stopping them first"
@@ -588,7 +587,7 @@ cmd_status() {
     done < <(daemon_table)
     if pid_of "$CTLD_PID" slurmctld >/dev/null; then
         echo "SLURM_CONF=$CONF"
-        SLURM_CONF=$CONF scontrol show config 2>/dev/null | grep -E '^(MaxArraySize|SchedulerType|SlurmctldPort) ' || true
+        SLURM_CONF=$CONF scontrol show config 2>/dev/null | grep -E '^(MaxArraySize|MaxJobCount|SchedulerType|SlurmctldPort) ' || true
         SLURM_CONF=$CONF sinfo -N -o '%N %P %T %c %m' 2>&1 || true
     fi
     ((n == 4)) && return 0
@@ -602,11 +601,14 @@ main() {
     DIR=$2
     shift 2
     MAX_ARRAY_SIZE=$DEFAULT_MAX_ARRAY_SIZE
+    MAX_JOB_COUNT=
     PORT_BASE=${PLSWEEP_SLURM_PORT_BASE:-16817}
     while (($#)); do
         case $1 in
         --max-array-size) MAX_ARRAY_SIZE=${2:?--max-array-size needs a value}; shift 2 ;;
         --max-array-size=*) MAX_ARRAY_SIZE=${1#*=}; shift ;;
+        --max-job-count) MAX_JOB_COUNT=${2:?--max-job-count needs a value}; shift 2 ;;
+        --max-job-count=*) MAX_JOB_COUNT=${1#*=}; shift ;;
         --port-base) PORT_BASE=${2:?--port-base needs a value}; shift 2 ;;
         --port-base=*) PORT_BASE=${1#*=}; shift ;;
         *) usage ;;
@@ -614,6 +616,12 @@ main() {
     done
     if ! [[ $MAX_ARRAY_SIZE =~ ^[0-9]+$ ]] || ((MAX_ARRAY_SIZE > 4000001)); then
         echo "[$PROG] ERROR: --max-array-size must be an integer 0..4000001" >&2
+        exit 2
+    fi
+    # slurm.conf(5): MaxJobCount "should be much larger than MaxArraySize".
+    [[ -n $MAX_JOB_COUNT ]] || MAX_JOB_COUNT=$((MAX_ARRAY_SIZE * 4 > 10000 ? MAX_ARRAY_SIZE * 4 : 10000))
+    if ! [[ $MAX_JOB_COUNT =~ ^[0-9]+$ ]] || ((MAX_JOB_COUNT < 1)); then
+        echo "[$PROG] ERROR: --max-job-count must be a positive integer" >&2
         exit 2
     fi
     if ! [[ $PORT_BASE =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65532)); then

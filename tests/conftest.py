@@ -9,14 +9,17 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session-scoped Slurm cluster fixture)
 from tiny import TINY_MODEL
 
-from powerlaw_cli.config import LaunchConfig
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
+from powerlaw_cli.sweep_settings import LaunchConfig
 
-TINY_SWEEP = """
+TINY_SWEEP = (
+    """
 [sweep]
 name = "fixture"
-""" + TINY_MODEL + """[data]
+"""
+    + TINY_MODEL
+    + """[data]
 val_tokens = 1024
 [schedule]
 name = "wsd"
@@ -29,6 +32,7 @@ optimizer.lr = { start = 1e-3, ratio = 4, num = 4 }
 training.batch_size = [8, 16]
 training.tokens = [2048, 4096]
 """
+)
 
 
 @pytest.fixture(scope="session")

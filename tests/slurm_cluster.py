@@ -86,7 +86,8 @@ class SlurmCluster:
     """A one-node cluster run by scripts/slurm-cluster.sh in ``dir``.
 
     Attributes: ``dir`` (Path), ``conf_path`` (Path of slurm.conf), ``env_sh`` (Path of env.sh),
-    ``max_array_size`` (int, the value in force), ``port_base`` (int).
+    ``max_array_size`` and ``max_job_count`` (ints, the values in force; None: the script's default
+    MaxJobCount), ``port_base`` (int).
     """
 
     def __init__(self, directory: Path, port_base: int = DEFAULT_PORT_BASE) -> None:
@@ -95,7 +96,8 @@ class SlurmCluster:
         self.env_sh = self.dir / "env.sh"
         self.port_base = port_base
         self.max_array_size: int | None = None
-        self._restore: list[int] = []
+        self.max_job_count: int | None = None
+        self._restore: list[tuple[int, int | None]] = []
 
     def __repr__(self) -> str:
         return f"SlurmCluster(dir={str(self.dir)!r}, max_array_size={self.max_array_size})"
@@ -117,30 +119,35 @@ class SlurmCluster:
             )
         return proc.stderr
 
-    def start(self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE) -> SlurmCluster:
-        """Start the cluster, or, if it runs, make sure ``max_array_size`` is in force."""
-        if max_array_size != self.max_array_size:
-            self._script("start", "--max-array-size", str(max_array_size))
-            self.max_array_size = max_array_size
+    def start(
+        self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None
+    ) -> SlurmCluster:
+        """Start the cluster, or, if it runs, make sure ``max_array_size`` and ``max_job_count`` are in force."""
+        if (max_array_size, max_job_count) != (self.max_array_size, self.max_job_count):
+            extra = ["--max-job-count", str(max_job_count)] if max_job_count else []
+            self._script("start", "--max-array-size", str(max_array_size), *extra)
+            self.max_array_size, self.max_job_count = max_array_size, max_job_count
         return self
 
     def stop(self) -> None:
         self._script("stop", timeout=120)
-        self.max_array_size = None
+        self.max_array_size = self.max_job_count = None
 
-    def __call__(self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE) -> SlurmCluster:
-        """Make ``max_array_size`` the cluster's MaxArraySize (a ~3 s slurmctld restart if it
-        changes) and return the cluster. Used as a context manager, the previous value comes back
+    def __call__(
+        self, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE, max_job_count: int | None = None
+    ) -> SlurmCluster:
+        """Make these the cluster's MaxArraySize and MaxJobCount (a ~3 s slurmctld restart if they
+        change) and return the cluster. Used as a context manager, the previous values come back
         on exit: ``with slurm_cluster(max_array_size=1001) as cluster: ...``."""
-        self._restore.append(self.max_array_size or DEFAULT_MAX_ARRAY_SIZE)
-        return self.start(max_array_size)
+        self._restore.append((self.max_array_size or DEFAULT_MAX_ARRAY_SIZE, self.max_job_count))
+        return self.start(max_array_size, max_job_count)
 
     def __enter__(self) -> SlurmCluster:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._restore:
-            self.start(self._restore.pop())
+            self.start(*self._restore.pop())
 
     # -- helpers -----------------------------------------------------------------------------
 

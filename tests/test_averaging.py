@@ -55,8 +55,9 @@ def _average(averager) -> torch.Tensor:
 def test_ema_matches_the_closed_form() -> None:
     model = _model()
     beta = math.exp(-4096 / 20_000)
-    averager = build_averager(AveragingConfig(kind="ema", ema_tokens=20_000), model, tokens_per_step=4096,
-                              total_steps=100)
+    averager = build_averager(
+        AveragingConfig(kind="ema", ema_tokens=20_000), model, tokens_per_step=4096, total_steps=100
+    )
     assert isinstance(averager, EMAAverager)
     assert averager.beta == pytest.approx(beta)
     init, *weights = _run(averager, model, steps=12)
@@ -77,7 +78,7 @@ def test_anytime_matches_the_product_form() -> None:
     # weight of w_t: (1 - c_t) * prod_{s > t} c_s; weight of the init: prod_s c_s
     expected = math.prod(c) * init
     for t, w in enumerate(weights):
-        expected = expected + (1 - c[t]) * math.prod(c[t + 1:]) * w
+        expected = expected + (1 - c[t]) * math.prod(c[t + 1 :]) * w
     torch.testing.assert_close(_average(averager), expected, rtol=0, atol=1e-6)
     assert averager.old_weight(0) == 0.25
     assert averager.old_weight(3) == pytest.approx(0.5**0.5)  # the half-life grows with t
@@ -171,8 +172,9 @@ def test_resume_continues_bit_identically(kind: str) -> None:
         _train_step(model, optimizer, step)
         averager.update(model, step)
         resumed.update(model, step)
-    for a, b in zip(averager.state_dict()["average"].values(), resumed.state_dict()["average"].values(),
-                    strict=True):
+    for a, b in zip(
+        averager.state_dict()["average"].values(), resumed.state_dict()["average"].values(), strict=True
+    ):
         assert torch.equal(a, b)
     assert resumed.updates == averager.updates == {"ema": 12, "anytime": 12, "tail": 6}[kind]
 

@@ -20,8 +20,17 @@ def checks() -> dict[str, pd.DataFrame]:
 
 def test_table_has_every_width_step_and_module(checks: dict[str, pd.DataFrame]) -> None:
     df = checks["mup"]
-    modules = ["embedding", "block0.attn", "block0.mlp", "block0", "block1.attn", "block1.mlp", "block1",
-               "final_norm", "logits"]
+    modules = [
+        "embedding",
+        "block0.attn",
+        "block0.mlp",
+        "block0",
+        "block1.attn",
+        "block1.mlp",
+        "block1",
+        "final_norm",
+        "logits",
+    ]
     assert list(df["module"].unique()) == modules
     assert sorted(df["width"].unique()) == WIDTHS
     assert sorted(df["step"].unique()) == [0, 1, 2, 3]
@@ -50,8 +59,13 @@ def test_mup_passes_with_learned_positions_and_other_seeds() -> None:
 
 def synthetic(growth: dict[str, float], widths=(64, 128, 256, 512)) -> pd.DataFrame:
     """l1 = c * growth ** log2(width / 64), at one step."""
-    return pd.DataFrame([{"width": w, "step": 3, "module": m, "l1": 0.5 * g ** math.log2(w / 64)}
-                         for m, g in growth.items() for w in widths])
+    return pd.DataFrame(
+        [
+            {"width": w, "step": 3, "module": m, "l1": 0.5 * g ** math.log2(w / 64)}
+            for m, g in growth.items()
+            for w in widths
+        ]
+    )
 
 
 def test_growth_per_doubling_reads_the_slope_of_a_power_law() -> None:
@@ -60,7 +74,7 @@ def test_growth_per_doubling_reads_the_slope_of_a_power_law() -> None:
 
 
 def test_verdict_fails_growth_above_tolerance_and_shrinkage_faster_than_one_over_sqrt_width() -> None:
-    ok = verdict(synthetic({"flat": 1.0, "mild": 1.15, "init_logits": 2 ** -0.5}))
+    ok = verdict(synthetic({"flat": 1.0, "mild": 1.15, "init_logits": 2**-0.5}))
     assert ok.passed and ok.failed == []
     bad = verdict(synthetic({"flat": 1.0, "grows": 1.3, "vanishes": 0.5}))
     assert not bad.passed and bad.failed == ["grows", "vanishes"]

@@ -6,7 +6,6 @@ it was drawn: every window is compared with the numpy array at that position.
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +84,7 @@ def test_token_file_read_back_exactly(tmp_path: Path, name: str, dtype: str, off
     assert starts.max() <= n_train - T - 1  # targets never reach the held-out tail
     assert len(set(starts)) > 250  # random windows, not one position repeated
     assert_val_is(source, array[n_train:])
-    assert source.describe() == f"tokens:{path.resolve()} (4.4K train tokens)"
-    assert source.loss_floor is None
+    assert source.n_train == n_train
 
 
 def test_nanogpt_folder_layout(tmp_path: Path) -> None:
@@ -184,7 +182,6 @@ def test_text_folder_is_read_recursively_sorted_and_joined(tmp_path: Path) -> No
     inputs, targets = source.train_batch(0, 0, 64)
     for x, y in zip(inputs.numpy(), targets.numpy(), strict=True):
         assert np.append(x, y[-1]).astype(np.uint8).tobytes() in train_part
-    assert source.describe().startswith(f"text:{root.resolve()} (")
 
 
 def test_stdlib_is_real_python_source_and_read_once() -> None:
@@ -194,7 +191,6 @@ def test_stdlib_is_real_python_source_and_read_once() -> None:
     text = b"".join(row.astype(np.uint8).tobytes() for row in inputs.numpy()).decode("utf-8", "replace")
     assert "def " in text or "import " in text or "self." in text
     assert source.n_train > 1_000_000
-    assert source.describe().startswith(f"stdlib:{sysconfig.get_paths()['stdlib']} (")
 
     root, files = data.stdlib_files()
     relative = [f.relative_to(root) for f in files]
@@ -227,9 +223,7 @@ def test_synthetic_entropy_is_the_direct_computation(language_source: data.Synth
     pi = stationary_by_eig(transition)
     row_entropy = -np.sum(transition * np.log(transition), axis=1)
     assert language_source.entropy == pytest.approx(float(pi @ row_entropy), rel=1e-9)
-    assert language_source.loss_floor == language_source.entropy
     assert row_entropy.max() - row_entropy.min() > 1.0  # rows of different sharpness (river valley toy)
-    assert str(round(language_source.entropy, 4)) in language_source.describe()
 
 
 def test_synthetic_bigram_frequencies_match_the_table(language_source: data.SyntheticSource) -> None:

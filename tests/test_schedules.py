@@ -45,7 +45,9 @@ def test_decay_factor_midpoints() -> None:
     # exponential with r = 0: (e^(1-p) - 1) / (e - 1); at p = 1/2 that is 1 / (sqrt(e) + 1)
     assert decay_factor("exponential", 0.5, 0.0) == pytest.approx(1 / (math.sqrt(math.e) + 1))
     # with r: r + (1 - r) * (e^(1-p) - 1) / (e - 1)
-    assert decay_factor("exponential", 0.3, 0.1) == pytest.approx(0.1 + 0.9 * (math.e**0.7 - 1) / (math.e - 1))
+    assert decay_factor("exponential", 0.3, 0.1) == pytest.approx(
+        0.1 + 0.9 * (math.e**0.7 - 1) / (math.e - 1)
+    )
 
 
 def test_decay_factor_rejects_bad_input() -> None:
@@ -98,12 +100,22 @@ def test_inverse_sqrt() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "mid"),  # the factor halfway through the decay with r = 0.2, written out
-    [("linear", 0.6), ("cosine", 0.6), ("1-sqrt", 0.2 + 0.8 * (1 - math.sqrt(0.5))),
-     ("exponential", 0.2 + 0.8 * (math.sqrt(math.e) - 1) / (math.e - 1))],
+    [
+        ("linear", 0.6),
+        ("cosine", 0.6),
+        ("1-sqrt", 0.2 + 0.8 * (1 - math.sqrt(0.5))),
+        ("exponential", 0.2 + 0.8 * (math.sqrt(math.e) - 1) / (math.e - 1)),
+    ],
 )
 def test_wsd(shape: str, mid: float) -> None:
-    s = WSDSchedule(PEAK, total_tokens=100_000, warmup_tokens=10_000, decay_tokens=20_000, decay_shape=shape,
-                    final_ratio=0.2)
+    s = WSDSchedule(
+        PEAK,
+        total_tokens=100_000,
+        warmup_tokens=10_000,
+        decay_tokens=20_000,
+        decay_shape=shape,
+        final_ratio=0.2,
+    )
     assert s.decay_start == 80_000
     assert s(2500) == pytest.approx(PEAK / 4)
     assert s(10_000) == PEAK
@@ -122,8 +134,14 @@ def test_wsd_stable_phase_does_not_depend_on_the_budget() -> None:
 
 
 def test_wsd_s_decays_in_place_and_jumps_back_to_peak() -> None:
-    s = WSDSSchedule(PEAK, decay_points=[10_000, 30_000], decay_lengths=[2000, 4000], warmup_tokens=1000,
-                     decay_shape="linear", final_ratio=0.1)
+    s = WSDSSchedule(
+        PEAK,
+        decay_points=[10_000, 30_000],
+        decay_lengths=[2000, 4000],
+        warmup_tokens=1000,
+        decay_shape="linear",
+        final_ratio=0.1,
+    )
     assert s(500) == pytest.approx(PEAK / 2)
     assert s(7999) == PEAK
     assert s(8000) == pytest.approx(PEAK)
@@ -139,8 +157,9 @@ def test_wsd_s_decays_in_place_and_jumps_back_to_peak() -> None:
 
 def test_power_paper_example() -> None:
     # Shen et al. 2024: batch 1024, a = 4.6, b = -0.51, T = 1e13 tokens gives lr ~ 0.0011
-    s = PowerSchedule(lr_max=0.02, a=4.6, b=-0.51, batch_size=1024, total_tokens=2e13, warmup_tokens=0,
-                      decay_tokens=0)
+    s = PowerSchedule(
+        lr_max=0.02, a=4.6, b=-0.51, batch_size=1024, total_tokens=2e13, warmup_tokens=0, decay_tokens=0
+    )
     assert s(1e13) == pytest.approx(0.0011, rel=0.01)
     assert s.peak_lr == 0.02
 
@@ -188,8 +207,10 @@ CONTINUOUS = [
     (CosineSchedule(PEAK, 20_000, 1000, 0.1), [1000, 20_000]),
     (CyclicCosineSchedule(PEAK, 5000, 1000, 0.1), [1000, 3500]),
     (InverseSqrtSchedule(PEAK, 5000, 1000), [1000]),
-    *[(WSDSchedule(PEAK, 20_000, 1000, 4000, shape, 0.1), [1000, 16_000, 20_000])
-      for shape in ["linear", "cosine", "1-sqrt", "exponential"]],
+    *[
+        (WSDSchedule(PEAK, 20_000, 1000, 4000, shape, 0.1), [1000, 16_000, 20_000])
+        for shape in ["linear", "cosine", "1-sqrt", "exponential"]
+    ],
     (WSDSSchedule(PEAK, [10_000, 20_000], [1000, 2000], 1000, "cosine", 0.1), [1000, 9000, 18_000]),
     (PowerSchedule(0.02, 4.0, -0.51, 16, 4e9, 1e8, 4e8, "exponential", 0.0), [1e8, 3.6e9, 4e9]),
 ]
@@ -214,11 +235,18 @@ def test_jumps_where_the_schedule_restarts() -> None:
 
 def test_lambda_lr_drives_a_torch_optimizer() -> None:
     tokens_per_step = 1000
-    schedule = WSDSchedule(PEAK, total_tokens=40_000, warmup_tokens=5000, decay_tokens=10_000,
-                           decay_shape="cosine", final_ratio=0.1)
+    schedule = WSDSchedule(
+        PEAK,
+        total_tokens=40_000,
+        warmup_tokens=5000,
+        decay_tokens=10_000,
+        decay_shape="cosine",
+        final_ratio=0.1,
+    )
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
-    optimizer = torch.optim.AdamW([{"params": model[0].parameters(), "lr": PEAK},
-                                   {"params": model[1].parameters(), "lr": PEAK / 4}])  # a muP-like multiplier
+    optimizer = torch.optim.AdamW(
+        [{"params": model[0].parameters(), "lr": PEAK}, {"params": model[1].parameters(), "lr": PEAK / 4}]
+    )  # a muP-like multiplier
     scheduler = lambda_lr(optimizer, schedule, tokens_per_step)
     for step in range(40):
         expected = schedule(step * tokens_per_step)
@@ -235,8 +263,15 @@ def test_lm_engine_coding_equals_ours() -> None:
     lr_max, a, b, batch, seq_len = 0.02, 4.0, -0.51, 32, 2048
     tokens_per_step = batch * seq_len
     warmup_steps = 100
-    s = PowerSchedule(lr_max, a, b, batch, total_tokens=10**6 * tokens_per_step,
-                      warmup_tokens=warmup_steps * tokens_per_step, decay_tokens=0)
+    s = PowerSchedule(
+        lr_max,
+        a,
+        b,
+        batch,
+        total_tokens=10**6 * tokens_per_step,
+        warmup_tokens=warmup_steps * tokens_per_step,
+        decay_tokens=0,
+    )
     args = s.lm_engine_arguments(seq_len)
     assert args["c"] == tokens_per_step
 
@@ -262,9 +297,15 @@ def _config(name: str, **overrides) -> ScheduleConfig:
 
 @pytest.mark.parametrize("name", get_args(ScheduleName))
 def test_build_schedule_builds_every_name(name: str) -> None:
-    expected = {"constant": ConstantSchedule, "cosine": CosineSchedule, "cyclic_cosine": CyclicCosineSchedule,
-                "inverse_sqrt": InverseSqrtSchedule, "wsd": WSDSchedule, "wsd_s": WSDSSchedule,
-                "power": PowerSchedule}
+    expected = {
+        "constant": ConstantSchedule,
+        "cosine": CosineSchedule,
+        "cyclic_cosine": CyclicCosineSchedule,
+        "inverse_sqrt": InverseSqrtSchedule,
+        "wsd": WSDSchedule,
+        "wsd_s": WSDSSchedule,
+        "power": PowerSchedule,
+    }
     schedule = build_schedule(_config(name), lr=0.01, total_tokens=TOTAL, batch_size=16)
     assert isinstance(schedule, expected[name])
     assert schedule.peak_lr == 0.01
@@ -272,7 +313,9 @@ def test_build_schedule_builds_every_name(name: str) -> None:
 
 
 def test_build_schedule_uses_the_config() -> None:
-    wsd = build_schedule(_config("wsd", decay_fraction=0.2, decay_shape="1-sqrt", final_lr_ratio=0.1), 0.01, TOTAL, 16)
+    wsd = build_schedule(
+        _config("wsd", decay_fraction=0.2, decay_shape="1-sqrt", final_lr_ratio=0.1), 0.01, TOTAL, 16
+    )
     assert wsd.decay_start == 800_000
     assert wsd(900_000) == pytest.approx(0.01 * (0.1 + 0.9 * (1 - math.sqrt(0.5))))
     fixed = build_schedule(_config("wsd", decay_tokens=50_000), 0.01, TOTAL, 16)
@@ -295,7 +338,11 @@ def test_build_schedule_uses_the_config() -> None:
         (_config("wsd", decay_tokens=2 * TOTAL), TOTAL, "exceed total_tokens"),
         (_config("power", decay_tokens=995_000), TOTAL, "exceed total_tokens"),
         (_config("cosine", warmup_tokens=TOTAL), TOTAL, "below total_tokens"),
-        (_config("wsd_s", decay_points=[100_000, 105_000], decay_tokens=10_000), TOTAL, "starts before the previous"),
+        (
+            _config("wsd_s", decay_points=[100_000, 105_000], decay_tokens=10_000),
+            TOTAL,
+            "starts before the previous",
+        ),
         (_config("wsd_s", decay_points=[15_000], decay_tokens=10_000), TOTAL, "starts before the warmup"),
         (_config("wsd_s", decay_points=[2 * TOTAL]), TOTAL, "no decay_points"),
     ],
@@ -314,7 +361,10 @@ def test_sample_and_plot(tmp_path) -> None:
     assert [t for t, _ in points] == [1000.0 * i for i in range(11)]
     assert points[5][1] == pytest.approx(PEAK / 2)
     single = plot_schedule(points, tmp_path / "one.png")
-    overlay = plot_schedule({"cosine": points, "constant": sample(ConstantSchedule(PEAK), 10_000)},
-                            tmp_path / "sub dir" / "two.png", title="schedules")
+    overlay = plot_schedule(
+        {"cosine": points, "constant": sample(ConstantSchedule(PEAK), 10_000)},
+        tmp_path / "sub dir" / "two.png",
+        title="schedules",
+    )
     for path in (single, overlay):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

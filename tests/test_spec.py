@@ -174,7 +174,7 @@ def test_relative_data_path_is_resolved_against_the_spec_folder(tmp_path):
         ("[launch]\npartion = 'gpu'\n", "launch.partion: unknown setting; valid: partition, account, qos"),
         (
             "[launch]\nsbatch_extra = ['exclusive']\n",
-            "launch.sbatch_extra: 'exclusive' must be an option like --key=value",
+            "launch.sbatch_extra: 'exclusive' must be an option --key or --key=value",
         ),
         (
             "[schedule]\nname = 'wsd'\nwarmup_tokens = 1e9\n",

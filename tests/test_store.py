@@ -11,9 +11,11 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from tiny import record_paths
 
+from powerlaw_cli.collect import collect
 from powerlaw_cli.schema import CURVES_SCHEMA, RUNS_SCHEMA
-from powerlaw_cli.store import SweepDir, SweepDirError, collect
+from powerlaw_cli.store import SweepDir, SweepDirError
 
 
 def test_collect_has_every_run_exactly_once_with_the_typed_schema(tiny_sweep_dir):
@@ -35,7 +37,7 @@ def test_collect_is_incremental_and_picks_up_rewritten_records(tiny_sweep_dir):
     sweep = SweepDir(tiny_sweep_dir)
     collect(sweep)
     assert collect(sweep).new == 0
-    path = sweep.record_files()[0]
+    path = record_paths(sweep)[0]
     record = json.loads(path.read_text())
     record["final_val_loss"] = 1.2345
     path.write_text(json.dumps(record))
@@ -46,12 +48,14 @@ def test_collect_is_incremental_and_picks_up_rewritten_records(tiny_sweep_dir):
     assert runs.loc[record["run_id"], "final_val_loss"] == 1.2345
     curves = pd.read_parquet(tiny_sweep_dir / "curves.parquet")
     rows_per_run = curves.groupby("run_id").size()
-    assert (rows_per_run == runs.loc[rows_per_run.index, "steps"]).all()  # the rewritten run's curve is not doubled
+    assert (
+        rows_per_run == runs.loc[rows_per_run.index, "steps"]
+    ).all()  # the rewritten run's curve is not doubled
 
 
 def test_corrupt_partial_and_foreign_records_are_reported_and_left_out(tiny_sweep_dir):
     sweep = SweepDir(tiny_sweep_dir)
-    files = sweep.record_files()
+    files = record_paths(sweep)
     files[0].write_text(files[0].read_text()[:40])  # a torn write
     foreign = json.loads(files[1].read_text())
     foreign["sweep_hash"] = "0" * 16
@@ -62,7 +66,11 @@ def test_corrupt_partial_and_foreign_records_are_reported_and_left_out(tiny_swee
     report = collect(sweep)
     assert report.runs == 13
     reasons = " ".join(p.reason for p in report.problems)
-    assert "unreadable" in reasons and "is not this sweep's" in reasons and "does not match the file name" in reasons
+    assert (
+        "unreadable" in reasons
+        and "is not this sweep's" in reasons
+        and "does not match the file name" in reasons
+    )
     collected = set(pd.read_parquet(tiny_sweep_dir / "runs.parquet")["run_id"])
     assert not collected & {f.stem for f in files[:3]}
 
@@ -74,7 +82,10 @@ def test_output_reads_in_pandas_pyarrow_polars_and_duckdb(tiny_sweep_dir):
     assert len(pd.read_parquet(path)) == expected
     frame = pl.read_parquet(path)
     assert frame.height == expected and frame.schema["started_at"] == pl.Datetime("us", "UTC")
-    assert duckdb.sql(f"select count(*), min(final_val_loss) > 0 from '{path}'").fetchall()[0] == (expected, True)
+    assert duckdb.sql(f"select count(*), min(final_val_loss) > 0 from '{path}'").fetchall()[0] == (
+        expected,
+        True,
+    )
     curves = str(tiny_sweep_dir / "curves.parquet")
     assert duckdb.sql(f"select count(distinct run_id) from '{curves}'").fetchall()[0][0] == expected
 
@@ -94,7 +105,7 @@ def test_concurrent_collects_never_leave_a_broken_file(tiny_sweep_dir):
 
     def collect_from_scratch() -> None:
         for _ in range(4):
-            for path in sweep.record_files():  # touch every record: each collect rewrites everything
+            for path in record_paths(sweep):  # touch every record: each collect rewrites everything
                 os.utime(path)
             collect(sweep)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -13,8 +14,12 @@ import pytest
 from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
+from powerlaw_cli.chains import plan_chains
 from powerlaw_cli.cli import app
+from powerlaw_cli.launch import pack_tasks
 from powerlaw_cli.plan import make_plan
+from powerlaw_cli.rounds import first_round
+from powerlaw_cli.slurm import ClusterLimits
 from powerlaw_cli.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +35,29 @@ def test_the_demo_and_every_experiment_ship_a_sweep_file():
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_sweep_file_loads_and_plans(path):
     sweep = load_sweep(path)
+    if sweep.adaptive is not None:  # its runs come in rounds: plan the first one
+        assert not sweep.runs and sweep.templates
+        sweep = dataclasses.replace(sweep, runs=first_round(sweep))
     assert sweep.runs and sweep.duplicates == 0
-    plan = make_plan(sweep, sweep.launch, max_array_size=1001, throughput=1e14)
+    plan = make_plan(sweep, sweep.launch, ClusterLimits(max_array_size=1001), throughput=1e14)
     assert plan.runs == len(sweep.runs) and plan.tasks >= 1 and plan.flops > 0
     assert plan.tokens_trained <= plan.tokens_planned
+
+
+def test_plan_says_when_a_launch_cannot_fit_and_the_smallest_runs_per_task_that_would():
+    sweep = load_sweep(ROOT / "sweeps" / "power-paper.toml")
+    options = dataclasses.replace(sweep.launch, runs_per_task=1)
+    chains = plan_chains(sweep.runs, options.share_trunks)
+    crowded = ClusterLimits(max_array_size=1001, max_job_count=1000, jobs_in_controller=950)  # room for 50
+    plan = make_plan(sweep, options, crowded, throughput=1e14)
+    assert plan.tasks == len(chains) > 50 and "do not fit" in plan.fits and "leave room for 50" in plan.fits
+    suggested = int(plan.fits.split("runs_per_task=")[1].split()[0])
+    assert len(pack_tasks(chains, suggested)) <= 50 < len(pack_tasks(chains, suggested - 1))
+    assert (
+        make_plan(sweep, options, ClusterLimits(max_job_count=1000, jobs_in_controller=0), 1e14).fits == "yes"
+    )
+    full = ClusterLimits(max_job_count=1000, jobs_in_controller=1000)
+    assert "wait until the queue drains" in make_plan(sweep, options, full, 1e14).fits
 
 
 def test_full_demo_has_interior_grid_room():
@@ -86,10 +110,13 @@ def test_ctrl_c_stops_the_demo_promptly_and_keeps_its_records(tmp_path):
     assert list(out.glob("runs/*/*.json"))
 
 
-FLAT_SWEEP = """
+FLAT_SWEEP = (
+    """
 [sweep]
 name = "flat"
-""" + TINY_MODEL + """[data]
+"""
+    + TINY_MODEL
+    + """[data]
 val_tokens = 1024
 [schedule]
 name = "wsd"
@@ -99,6 +126,7 @@ optimizer.lr = [1e-3, 2e-3]
 training.batch_size = [8]
 training.tokens = [2048]
 """
+)
 
 
 def test_demo_explains_a_sweep_that_supports_no_law(tmp_path):

@@ -128,7 +128,7 @@ def synthetic_runs(law, seeds: int = 3, noise: float = 0.003, seed: int = 0) -> 
 
 @pytest.mark.parametrize("law, verdict", [(flat, "transfers"), (inverse_width, "shifts")])
 def test_fit_sweep_finds_the_verdict_from_loss_curves(law, verdict):
-    fit = fit_sweep(synthetic_runs(law), laws={"width": "lr_opt ~ width"}, batch_law=None, n_boot=300)
+    fit = fit_sweep(synthetic_runs(law), laws={"width": "lr_opt ~ width"}, default_laws=False, n_boot=300)
     assert (fit.cells["status"] == "used").all()
     assert fit.transfer["verdict"] == verdict
     expected = law(256) / law(32)

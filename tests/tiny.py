@@ -1,4 +1,11 @@
-"""The tiny proxy of the test sweeps: the smallest model that still learns (a run takes seconds on a CPU)."""
+"""What the tests share: the tiny proxy of the test sweeps (the smallest model that still learns: a run
+takes seconds on a CPU), and reading a sweep directory's trusted records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from powerlaw_cli.store import SweepDir
 
 TINY_MODEL = """[model]
 width = 32
@@ -7,3 +14,18 @@ n_heads = 2
 seq_len = 16
 base_width = 32
 """
+
+
+def trusted_records(sweep_dir: SweepDir) -> dict[str, dict[str, Any]]:
+    """run_id -> record of every record file the store trusts (parses, belongs to the sweep, fits the schema)."""
+    out = {}
+    for run_id, (path, _) in sweep_dir.record_files().items():
+        record = sweep_dir.read_record(path)
+        if isinstance(record, dict):
+            out[run_id] = record
+    return out
+
+
+def record_paths(sweep_dir: SweepDir) -> list:
+    """Every record file of the sweep directory, sorted."""
+    return sorted(path for path, _ in sweep_dir.record_files().values())

@@ -1,0 +1,352 @@
+"""``plsweep fit``, ``export`` and ``demo``: the commands that turn results into laws and recommendations."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .cli import (
+    JsonOption,
+    app,
+    console,
+    err_console,
+    print_json,
+    rows_table,
+    sweep_progress,
+    user_errors,
+    warn,
+)
+from .config import DecayShape
+from .export_formats import ExportFormat
+from .fit_optimum import OptimumMethod
+from .fit_spec import BatchUnit
+
+if TYPE_CHECKING:
+    from .demo import DemoResult
+
+
+def out_console() -> Console:
+    """Where tables go: the terminal's console, or, when stdout is a pipe or a file, one so wide that
+    no row is wrapped or cut ("…") and every number is printed whole."""
+    return console if console.is_terminal else Console(width=100_000, highlight=False)
+
+
+@app.command()
+@user_errors
+def fit(
+    source: Annotated[Path, typer.Argument(help="sweep directory, or a CSV/Parquet table of runs")],
+    col: Annotated[
+        list[str],
+        typer.Option(help="column mapping OURS=THEIRS, e.g. lr=peak_lr, batch=bs, N=params, D=tokens"),
+    ] = [],  # noqa: B006
+    loss_column: Annotated[str | None, typer.Option(help="loss column (default final_val_loss)")] = None,
+    batch_unit: Annotated[BatchUnit, typer.Option(help="unit of the batch column")] = "sequences",
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="sequence length: converts a batch in tokens, and gives batch laws in tokens"
+        ),
+    ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="comma-separated group columns (default: every setting but lr, batch and seed)"),
+    ] = None,
+    method: Annotated[
+        OptimumMethod,
+        typer.Option(
+            help="optimum per LR curve and per batch profile: parabola (centred 3-point), band, argmin, parabola_grid"
+        ),
+    ] = "parabola",
+    window: Annotated[
+        int, typer.Option(min=1, help="parabola: neighbours on each side of the best point")
+    ] = 1,
+    band: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="band: keep points within this relative margin of the best loss (0.0025 = 0.25%)",
+        ),
+    ] = 0.0025,
+    min_points: Annotated[
+        int, typer.Option(min=3, help="fewest finite LRs per cell (and usable batches per group)")
+    ] = 3,
+    law: Annotated[
+        list[str],
+        typer.Option(
+            help="a law, repeatable: 'lr_opt ~ N + D', 'batch_opt ~ D', 'loss ~ N + D', or NAME='...' (var^1 fixes an exponent)"
+        ),
+    ] = [],  # noqa: B006
+    robust: Annotated[bool, typer.Option(help="Huber loss instead of least squares for power laws")] = False,
+    weighted: Annotated[
+        bool, typer.Option(help="weight power-law points by 1 / sigma^2 of their optimum")
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="bootstrap resamples of cells or groups (and draws per group)")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the bootstrap")] = 0,
+    top_k_batches: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="fit the power law the paper's way: gamma over the k best batches per group"
+        ),
+    ] = None,
+    predict: Annotated[
+        list[str], typer.Option(help="print every law at e.g. N=7e9 D=1.4e12 (repeat per variable)")
+    ] = [],  # noqa: B006
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="write the figures")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Optimal LR and batch per group, laws over any variables, the loss law; writes fit/fit.json."""
+    from .fit import predict_all, run_fit
+    from .fit_data import parse_pairs, parse_values
+    from .fit_spec import parse_law_options
+
+    values = parse_values(predict)
+    done = run_fit(
+        source,
+        columns=parse_pairs(col),
+        loss_column=loss_column,
+        batch_unit=batch_unit,
+        seq_len=seq_len,
+        out=out,
+        plots=plots,
+        group_by=group_by.split(",") if group_by else None,
+        method=method,
+        window=window,
+        band=band,
+        min_points=min_points,
+        laws=parse_law_options(law),
+        robust=robust,
+        weighted=weighted,
+        n_boot=bootstrap,
+        seed=seed,
+        top_k_batches=top_k_batches,
+    )
+    predictions = predict_all(done.fit, values) if values else {}
+    if as_json:
+        print_json(
+            done.fit
+            | {
+                "fit_json": str(done.fit_json),
+                "figures": [str(p) for p in done.figures],
+                "predictions": {
+                    k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in predictions.items()
+                },
+            }
+        )
+        return
+    render_fit(done.fit, done.fit_json, done.figures, predictions)
+
+
+def render_fit(data: dict, path: Path | None, figures: list[Path], predictions: dict) -> None:
+    from . import fit_report as report
+
+    out = out_console()
+    power, loss = report.power_law_rows(data), report.loss_law_rows(data)
+    if power:
+        out.print(
+            rows_table("power laws y = a * prod x^e_x (95% intervals: bootstrap over cells or groups)", power)
+        )
+    if loss:
+        out.print(
+            rows_table(
+                "loss laws L = E + sum A_x * x^-alpha_x (Huber on ln L, L-BFGS; 95% bootstrap intervals)",
+                loss,
+            )
+        )
+    groups = report.group_rows(data)
+    if groups:
+        used = sum(g["status"] == "used" for g in groups)
+        out.print(rows_table(f"groups (joint LR x batch optimum): {used} used of {len(groups)}", groups))
+    n = data["n_cells"]
+    if data["mode"] == "sweep" and groups:
+        out.print(f"cells: {n['used']} used of {n['total']} (one LR curve per batch; each in fit.json)")
+    elif data["mode"] == "sweep":
+        out.print(rows_table(f"cells: {n['used']} used of {n['total']}", report.cell_rows(data)))
+    else:
+        g = data["n_groups"]
+        out.print(f"table of final losses: {g['used']} of {g['total']} settings used (no LR sweep)")
+    if data["mode"] == "sweep":
+        out.print(rows_table("muP transfer across widths", report.transfer_rows(data)))
+    out.print("units: " + "\n       ".join(report.units_lines(data)), highlight=False, markup=False)
+    for warning in data["warnings"]:
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    for name, value in predictions.items():
+        text = value if isinstance(value, str) else report.interval(value._asdict())
+        out.print(f"predict {name}: {text}", highlight=False, markup=False)
+    if path is not None:
+        out.print(f"fit: {path}")
+    for figure in figures:
+        out.print(f"figure: {figure}")
+
+
+@app.command()
+@user_errors
+def export(
+    fit_path: Annotated[
+        Path, typer.Argument(metavar="FIT", help="fit.json, or a folder holding fit/fit.json")
+    ],
+    tokens: Annotated[float, typer.Option(min=0, help="target run length, tokens (D)")],
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="target batch, sequences (default: the fit's batch law)")
+    ] = None,
+    params: Annotated[
+        float | None, typer.Option(min=0, help="target non-embedding parameters N, for laws over N")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(min=1, help="target sequence length (steps; needed for lm-engine and torch)")
+    ] = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="output format")] = "json",
+    law: Annotated[
+        str, typer.Option(help="lr_opt law for the peak LR (auto: the one using most of the target)")
+    ] = "auto",
+    batch_law: Annotated[
+        str, typer.Option(help="batch_opt law when no --batch-size (auto: as --law)")
+    ] = "auto",
+    loss_law: Annotated[
+        str, typer.Option(help="loss law for the expected loss (auto: any that fits the target)")
+    ] = "auto",
+    lr_max: Annotated[float, typer.Option(min=0, help="the Power schedule's cap")] = 0.02,
+    warmup_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="warmup as a fraction of the run (whole steps)")
+    ] = 0.01,
+    decay_fraction: Annotated[
+        float, typer.Option(min=0, max=1, help="decay as a fraction of the run (whole steps)")
+    ] = 0.1,
+    decay_shape: Annotated[DecayShape, typer.Option(help="shape of the final decay")] = "exponential",
+    out: Annotated[
+        Path | None, typer.Option(help="write the recommendation to this file instead of stdout")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of the target schedule (default: beside fit.json)")
+    ] = None,
+) -> None:
+    """Recommended peak LR, batch size and loss for a target (batch, tokens) or (N, D), with intervals;
+    the Power-scheduler constants and schedule when the LR law has the Power form."""
+    from . import export_formats as formats
+    from .export import export as recommend
+    from .fit import find_fit, read_fit
+
+    data = read_fit(fit_path)
+    rec = recommend(
+        data,
+        batch_size,
+        tokens,
+        seq_len,
+        params=params,
+        law=law,
+        batch_law=batch_law,
+        loss_law=loss_law,
+        lr_max=lr_max,
+        warmup_fraction=warmup_fraction,
+        decay_fraction=decay_fraction,
+        decay_shape=decay_shape,
+    )
+    text = formats.render(rec, format_)
+    png = None
+    if rec["constants"] is not None:
+        default = find_fit(fit_path).parent / f"schedule_B{rec['target']['batch_size']}_T{tokens:.3g}.png"
+        png = formats.write_schedule_png(rec, plot or default)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    for warning in rec["warnings"]:
+        warn(warning)
+    notes = ([f"schedule plot: {png}"] if png else [rec["schedule_note"]]) + (
+        [f"recommendation: {out}"] if out else []
+    )
+    err_console.print("; ".join(notes), highlight=False, soft_wrap=True, markup=False)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def demo(
+    quick: Annotated[
+        bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")
+    ] = False,
+    spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
+    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="runs at once (0: one per CPU core)")] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples of the fit")] = 1000,
+) -> None:
+    """The whole job on this machine: launch the demo sweep locally, collect, fit, export; re-run to resume."""
+    from .demo import demo_spec, run_demo
+    from .spec import load_sweep
+
+    spec = spec or demo_spec(quick)
+    name = load_sweep(spec).name
+    out = out or Path("results") / name
+    started = time.monotonic()
+    with sweep_progress(True, f"sweep {name}") as on_progress:
+        result = run_demo(spec, out, workers, bootstrap, on_progress=on_progress)
+    launched = result.launched
+    console.print(
+        f"sweep [bold]{name}[/bold] in {out}: {launched.runs_total} runs, {launched.skipped_recorded} "
+        f"were already recorded; collected {result.collected.runs}"
+    )
+    print_demo(result)
+    console.print(f"demo finished in {time.monotonic() - started:.0f} s")
+
+
+def print_demo(result: DemoResult) -> None:
+    """The demo's findings: laws, Power constants, the example target, paths. A sweep that supports no
+    law or no Power schedule is a finding too: it is said in yellow, and the command still succeeds."""
+    from .demo import PAPER_LAW
+    from .fit import read_fit
+    from .fit_report import power_law_rows
+
+    out = out_console()
+    if result.fit_json is None:
+        out.print(f"[yellow]no fitted law:[/yellow] {escape(result.fit_error)}", highlight=False)
+        return
+    fit = read_fit(result.fit_json)
+    n = fit["n_cells"]
+    out.print(f"cells with an interior LR optimum: {n['used']} of {n['total']}")
+    keep = ("law", "a", "e_B", "e_D", "R2", "n")
+    rows = [{k: row[k] for k in keep if k in row} for row in power_law_rows(fit) if row["law"] in fit["laws"]]
+    out.print(rows_table("fitted laws (95% intervals: bootstrap over cells or groups)", rows))
+    for law in fit["laws"].values():
+        if law["status"] != "fitted":
+            out.print(
+                f"law {law['name']} not fitted: {law['error']}", style="dim", highlight=False, markup=False
+            )
+    out.print(
+        f"paper (Shen et al. 2024; batch in sequences of 4096 tokens, T in tokens): {PAPER_LAW}",
+        highlight=False,
+    )
+    rec = result.recommendation
+    if rec is None:
+        out.print(
+            f"[yellow]no Power schedule to export:[/yellow] {escape(result.fit_error)}", highlight=False
+        )
+    else:
+        c, peak, target = rec["constants"], rec["recommended"]["peak_lr"], rec["target"]
+        out.print(
+            f"Power scheduler: lr = min(lr_max, a * batch * n^b) with a = {c['a']['value']:.4g} "
+            f"[{c['a']['low']:.4g}, {c['a']['high']:.4g}], b = {c['b']['value']:.4g} "
+            f"[{c['b']['low']:.4g}, {c['b']['high']:.4g}], lr_max = {c['lr_max']}"
+        )
+        out.print(
+            f"example target (batch {target['batch_size']} sequences, {target['tokens']:.3g} tokens): "
+            f"peak LR {peak['value']:.4g} [{peak['low']:.4g}, {peak['high']:.4g}]"
+        )
+        for warning in rec["warnings"]:
+            out.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    out.print(f"fit: {result.fit_json}")
+    for path in [*result.figures, *([result.schedule_png] if result.schedule_png else [])]:
+        out.print(f"figure: {path}")
