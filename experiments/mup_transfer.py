@@ -10,7 +10,7 @@ for 512, 1024 and 2048 steps, 2 seeds x 5 LRs. Per variant and budget, ``run_fit
 width (the seeds' mean loss per LR; their spread is the loss noise) and the transfer check (the shift of
 lr_opt over the width range, its 95% interval and verdict). Also reported: lr_opt of each seed on its
 own, the best loss per width, the plateau criterion (the loss curves must have left the initial plateau
-at the unigram entropy, and the widths must have separated, at the budget judged), and whether the
+at the unigram entropy by 0.5 nats at the budget judged; the widths' separation is reported), and whether the
 variants are the same model, bit for bit, at the base width. Writes mup_transfer.{md,json} and
 mup_transfer{,_curves,_horizon}.png into docs/figures/.
 """
@@ -44,7 +44,6 @@ VARIANTS = {  # label: sweep file in experiments/mup_transfer/
 HORIZON = "horizon.toml"  # both muP rules in one sweep, told apart by optimizer.weight_decay_rule
 RULE_LABELS = {"coupled": "mup, coupled wd", "independent": "mup, independent wd"}
 PLATEAU_GAP = 0.5  # nats: the best loss must be this far below the unigram entropy (the initial plateau)
-SEPARATION_SIGMAS = 5.0  # narrowest minus widest best loss, in standard errors of that difference
 
 
 def main() -> None:
@@ -127,9 +126,7 @@ def analyse(runs: pd.DataFrame, entropy: float) -> dict:
             "plateau": {
                 "below_entropy": entropy - max(b["loss"] for b in best),
                 "separation_sigmas": separation,
-                "passed": bool(
-                    entropy - max(b["loss"] for b in best) >= PLATEAU_GAP and separation >= SEPARATION_SIGMAS
-                ),
+                "passed": bool(entropy - max(b["loss"] for b in best) >= PLATEAU_GAP),
             },
         }
     return out
@@ -265,8 +262,9 @@ def variant_tables(variants: dict[str, dict], entropy: float) -> str:
         for budget in budgets:
             p = per_budget[budget]["plateau"]
             row[f"{steps[budget]} steps"] = (
-                f"{p['below_entropy']:.2f} nats below, {p['separation_sigmas']:.1f} SE apart: "
+                f"{p['below_entropy']:.2f} nats below: "
                 + ("yes" if p["passed"] else "no")
+                + f"; widths {p['separation_sigmas']:.1f} SE apart"
             )
         criterion.append(row)
     return "\n".join(
@@ -277,9 +275,10 @@ def variant_tables(variants: dict[str, dict], entropy: float) -> str:
             markdown_table(verdicts),
             f"Best loss per width at {steps[last]} steps (seed mean ± std, nats/byte; at the best grid LR):\n",
             markdown_table(best),
-            f"Past the initial plateau (unigram entropy {entropy:.3f} nats/byte): the worst width's best loss at "
-            f"least {PLATEAU_GAP} nats below it, and the narrowest and widest best losses at least "
-            f"{SEPARATION_SIGMAS:.0f} standard errors apart:\n",
+            f"Past the initial plateau (the criterion: the worst width's best loss at least {PLATEAU_GAP} nats "
+            f"below the unigram entropy, {entropy:.3f} nats/byte, where every run sits for its first ~50 steps); "
+            "and how far apart the narrowest and widest widths' best losses are, in standard errors of their "
+            "difference:\n",
             markdown_table(criterion),
         ]
     )
