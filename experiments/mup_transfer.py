@@ -42,6 +42,10 @@ VARIANTS = {  # label: sweep file in experiments/mup_transfer/
     "sp": "sp.toml",
 }
 HORIZON = "horizon.toml"  # both muP rules in one sweep, told apart by optimizer.weight_decay_rule
+DIAGNOSIS = (
+    "diagnosis.toml",
+    "diagnosis_init.toml",
+)  # muP at 256 steps, seed 0, with sp's init or attention scale
 RULE_LABELS = {"coupled": "mup, coupled wd", "independent": "mup, independent wd"}
 PLATEAU_GAP = 0.5  # nats: the best loss must be this far below the unigram entropy (the initial plateau)
 
@@ -56,6 +60,10 @@ def main() -> None:
     for label, file in VARIANTS.items():
         runs[label], curve_tables[label], spans[file] = sweep(args.sweeps / file, args)
     horizon_runs, _, spans[HORIZON] = sweep(args.sweeps / HORIZON, args)
+    diagnosis_runs = []
+    for file in DIAGNOSIS:
+        part, _, spans[file] = sweep(args.sweeps / file, args)
+        diagnosis_runs.append(part)
     horizon = {
         RULE_LABELS[rule]: part for rule, part in horizon_runs.groupby(horizon_runs["config"].map(rule_of))
     }
@@ -65,6 +73,7 @@ def main() -> None:
         "variants": {label: analyse(part, entropy) for label, part in runs.items()},
         "horizon": {label: analyse(part, entropy) for label, part in horizon.items()},
         "base_width_identical": base_width_check(runs),
+        "diagnosis": diagnose(pd.concat(diagnosis_runs), runs),
         "sweep_hours": spans,
     }
     budgets = sorted(int(t) for t in runs["sp"]["tokens"].unique())
@@ -82,7 +91,9 @@ def main() -> None:
             f"bit: {results['base_width_identical']}.\n",
             "## Horizon check (muP only, widths 32, 64, 128)\n",
             variant_tables(results["horizon"], entropy),
-            "Sweep wall time, hours (first start to last finish, one worker): "
+            "## Diagnosis: muP against sp at the widest width\n",
+            diagnosis_tables(results["diagnosis"]),
+            "Sweep wall time, hours (first start to last finish): "
             + ", ".join(f"{file} {hours:.2f}" for file, hours in spans.items())
             + "\n",
         ]
@@ -211,6 +222,76 @@ def base_width_check(runs: dict[str, pd.DataFrame]) -> bool:
     for series in keyed[1:]:
         common = common.intersection(series.index)
     return len(common) > 0 and all((s.loc[common] == keyed[0].loc[common]).all() for s in keyed[1:])
+
+
+def diagnose(diagnosis: pd.DataFrame, runs: dict[str, pd.DataFrame]) -> dict:
+    """Seed 0 at the diagnosis budget (256 steps): at width 256, the final loss per LR of muP with each
+    (init_std, base_head_dim) and of the main sweeps' muP and sp; per width, the best loss of muP at
+    init_std 0.02 and 0.0566 and of sp, with the LR that gave it."""
+    tokens = int(diagnosis["tokens"].iloc[0])
+
+    def seed0(part: pd.DataFrame) -> pd.DataFrame:
+        return part[(part["seed"] == 0) & (part["tokens"] == tokens) & (part["status"] == "ok")]
+
+    mup, sp = seed0(runs["mup, coupled wd"]), seed0(runs["sp"])
+    diagnosis = seed0(diagnosis).drop_duplicates("run_id")  # both files have width 256 at 0.008 and 0.016
+    variants = {
+        f"mup, init_std {init:g}, " + ("sp's attention scale" if head else "muP's attention scale"): part
+        for (init, head), part in diagnosis.groupby(["init_std", "base_head_dim"])
+    }
+    at_256 = {label: part[part["width"] == 256] for label, part in variants.items()}
+    at_256["sp (main sweep)"] = sp[sp["width"] == 256]
+    by_width = {
+        "mup, init_std 0.02 (main sweep)": mup,
+        "mup, init_std 0.0566": diagnosis[(diagnosis["init_std"] > 0.02) & (diagnosis["base_head_dim"] == 0)],
+        "sp (main sweep)": sp,
+    }
+    same = mup[mup["width"] == 256].set_index("lr")["loss"]
+    base = at_256["mup, init_std 0.02, muP's attention scale"].set_index("lr")["loss"]
+    return {
+        "steps": int(diagnosis["steps"].iloc[0]),
+        "loss_at_256": {
+            label: dict(zip(part["lr"].astype(float), part["loss"].astype(float), strict=True))
+            for label, part in at_256.items()
+        },
+        "best_per_width": {
+            label: {
+                str(int(width)): [
+                    float(group.loc[group["loss"].idxmin(), "loss"]),
+                    float(group.loc[group["loss"].idxmin(), "lr"]),
+                ]
+                for width, group in part.groupby("width")
+            }
+            for label, part in by_width.items()
+        },
+        "reproduces_main_sweep": bool((same.reindex(base.index) == base).all()),
+    }
+
+
+def diagnosis_tables(diagnosis: dict) -> str:
+    """Markdown: final loss per LR at width 256 per variant; best loss per width per variant."""
+    lrs = sorted({lr for losses in diagnosis["loss_at_256"].values() for lr in losses})
+    at_256 = [
+        {"variant": label, **{f"lr {lr:g}": f"{losses[lr]:.4f}" if lr in losses else "" for lr in lrs}}
+        for label, losses in diagnosis["loss_at_256"].items()
+    ]
+    widths = sorted({w for best in diagnosis["best_per_width"].values() for w in best}, key=int)
+    per_width = [
+        {
+            "variant": label,
+            **{f"width {w}": f"{best[w][0]:.4f} (lr {best[w][1]:.3g})" if w in best else "" for w in widths},
+        }
+        for label, best in diagnosis["best_per_width"].items()
+    ]
+    return "\n".join(
+        [
+            f"Final val loss at width 256, {diagnosis['steps']} steps, seed 0 (the baseline row equals the main "
+            f"sweep's runs bit for bit: {diagnosis['reproduces_main_sweep']}):\n",
+            markdown_table(at_256),
+            f"Best loss per width (over the LRs tried), {diagnosis['steps']} steps, seed 0:\n",
+            markdown_table(per_width),
+        ]
+    )
 
 
 def unigram_entropy(cfg: RunConfig, batches: int = 16) -> float:
