@@ -8,6 +8,7 @@ nothing when nothing is. Both are replaced atomically.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,12 @@ def read_curve(path: Path) -> pa.Table:
     """A run's curve: ``.arrow`` (Arrow IPC), or the ``.parquet`` of plsweep before 0.2."""
     if path.suffix == ".parquet":
         return read_table(path).cast(CURVES_SCHEMA)
-    return pa.ipc.open_file(path).read_all().cast(CURVES_SCHEMA)
+    table = pa.ipc.open_file(path).read_all()
+    return table if table.schema.equals(CURVES_SCHEMA) else table.cast(CURVES_SCHEMA)  # a cast costs ~0.1 ms
+
+
+CURVE_READERS = 8
+"""Threads reading curve files at once: a first collect of 10,000 runs opens 10,000 small files."""
 
 
 # --- the runs table --------------------------------------------------------------------------------
@@ -147,18 +153,26 @@ def _update_curves(sweep: SweepDir, keys: dict[str, str]) -> list[str]:
     old_keys = old_keys or {}
     fresh = [run_id for run_id, key in keys.items() if old_keys.get(run_id) != key]
     kept = [run_id for run_id in keys if run_id in old_keys and run_id not in set(fresh)]
+    curves = [curve for run_id in fresh if (curve := _existing_curve(sweep, run_id)) is not None]
     parts, unreadable = [], []
-    for run_id in fresh:
-        if (curve := _existing_curve(sweep, run_id)) is not None:
-            try:
-                parts.append(read_curve(curve))
-            except (OSError, pa.ArrowException) as err:
-                unreadable.append(f"{curve}: {' '.join(str(err).split())[:160]}")
+    with ThreadPoolExecutor(max_workers=CURVE_READERS) as pool:  # Arrow reads without holding the GIL
+        for curve, table in zip(curves, pool.map(_try_read_curve, curves), strict=True):
+            if isinstance(table, pa.Table):
+                parts.append(table)
+            else:
+                unreadable.append(f"{curve}: {' '.join(table.split())[:160]}")
     if kept:
         parts.append(read_table(path, run_ids=kept).cast(CURVES_SCHEMA))
     table = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
     write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
     return unreadable
+
+
+def _try_read_curve(path: Path) -> pa.Table | str:
+    try:
+        return read_curve(path)
+    except (OSError, pa.ArrowException) as err:
+        return str(err)
 
 
 def _existing_curve(sweep: SweepDir, run_id: str) -> Path | None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch._dynamo  # noqa: F401 - torch.optim imports it at the first optimizer (~1-2 s): at startup, not in a run
 
 from . import __version__
 from .chains import Chain, fork_step, plan_chains
@@ -121,6 +120,8 @@ class ChainRunner:
             if not self.keep_trunk:
                 self._remove_checkpoint()
             return
+        import torch._dynamo  # noqa: F401 - what torch.optim imports at a process's first optimizer (~1 s): once, before a run starts
+
         started = datetime.now(timezone.utc).isoformat()
         try:
             first = self.chain.runs[-1] if self.chain.kind == "wsd_s" else pending[0]
