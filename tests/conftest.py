@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session-scoped Slurm cluster fixture)
-from tiny import TINY_MODEL
+from tiny import TINY_WSD
 
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
@@ -18,14 +18,8 @@ TINY_SWEEP = (
 [sweep]
 name = "fixture"
 """
-    + TINY_MODEL
-    + """[data]
-val_tokens = 1024
-[schedule]
-name = "wsd"
-warmup_tokens = 256
-decay_fraction = 0.25
-[training]
+    + TINY_WSD
+    + """[training]
 eval_every_tokens = 1024
 [grid]
 optimizer.lr = { start = 1e-3, ratio = 4, num = 4 }

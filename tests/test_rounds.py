@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from tiny import TINY_MODEL, trusted_records
+from tiny import TINY_WSD, trusted_records
 from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
@@ -24,14 +24,8 @@ ADAPTIVE = (
     """[sweep]
 name = "adaptive"
 """
-    + TINY_MODEL
-    + """[data]
-val_tokens = 1024
-[schedule]
-name = "wsd"
-warmup_tokens = 256
-decay_fraction = 0.25
-[training]
+    + TINY_WSD
+    + """[training]
 device = "cpu"
 [grid]
 training.batch_size = [8, 16]

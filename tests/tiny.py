@@ -15,6 +15,18 @@ seq_len = 16
 base_width = 32
 """
 
+TINY_WSD = (
+    TINY_MODEL
+    + """[data]
+val_tokens = 1024
+[schedule]
+name = "wsd"
+warmup_tokens = 256
+decay_fraction = 0.25
+"""
+)
+"""The tiny model on the synthetic language with a short WSD schedule: the body of the test sweeps."""
+
 
 def trusted_records(sweep_dir: SweepDir) -> dict[str, dict[str, Any]]:
     """run_id -> record of every record file the store trusts (parses, belongs to the sweep, fits the schema)."""
