@@ -68,11 +68,8 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
             derived = setting_values(
                 RunConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
             )
-        except (
-            ValueError,
-            TypeError,
-            AttributeError,
-        ):  # a config this plsweep cannot read: columns stay null
+        # a config this plsweep cannot read: those columns stay null
+        except (ValueError, TypeError, AttributeError):
             derived = {}
         row |= {name: value for name, value in derived.items() if name not in record and name in row}
     for name in ("started_at", "finished_at"):
