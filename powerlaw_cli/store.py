@@ -77,9 +77,9 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], durable: 
         raise
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """A Parquet file, written atomically."""
-    atomic_write(path, lambda handle: pq.write_table(table, handle))
+def write_table(path: Path, table: pa.Table, durable: bool = True) -> None:
+    """A Parquet file, written atomically (see ``atomic_write`` for ``durable``)."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle), durable)
 
 
 def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None) -> pa.Table:
@@ -102,15 +102,22 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def file_key(stat: os.stat_result) -> str:
+    """A file's identity for incremental reading: modification time, size and inode change when it is replaced."""
+    return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
+
+
 def write_run_files(
     record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]
-) -> None:
+) -> tuple[str, pa.Table | None]:
     """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
 
     The record comes last: its existence means the run is finished (``plsweep train`` uses this too). The
     record is flushed to disk before it is renamed into place; the curve is not waited for (a curve lost to
-    a machine crash is reported by ``collect`` and costs the curve, not the result).
+    a machine crash is reported by ``collect`` and costs the curve, not the result). Returns the record
+    file's key (``file_key``) and the curve table written (None: no curve).
     """
+    table = None
     if curve:
         rows = [{**row, "run_id": record["run_id"]} for row in curve]
         table = pa.Table.from_pylist(rows, schema=CURVES_SCHEMA)
@@ -118,6 +125,7 @@ def write_run_files(
             curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"), durable=False
         )
     atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
+    return file_key(record_path.stat()), table
 
 
 @dataclass
@@ -151,6 +159,7 @@ class SweepDir:
     jobs_dir = property(lambda self: self.root / "jobs")
     runs_table_path = property(lambda self: self.root / "runs.parquet")
     curves_table_path = property(lambda self: self.root / "curves.parquet")
+    shards_dir = property(lambda self: self.root / "shards")
 
     # --- creation and identity -------------------------------------------------------------
 
@@ -226,9 +235,14 @@ class SweepDir:
     def tasks_path(self, launch: int) -> Path:
         return self.root / "tasks" / f"launch-{launch}.json"
 
-    def write_result(self, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-        """Write a run's curve, then its record: the record's existence means the run is finished."""
-        write_run_files(self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve)
+    def write_result(
+        self, record: dict[str, Any], curve: list[dict[str, Any]]
+    ) -> tuple[str, pa.Table | None]:
+        """Write a run's curve, then its record (its existence means the run is finished); returns the record
+        file's key and the curve table."""
+        return write_run_files(
+            self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve
+        )
 
     def record_files(self) -> dict[str, tuple[Path, str]]:
         """run_id -> (path, key) of every record file; the key (mtime, size, inode) changes when it is replaced."""
@@ -244,11 +258,7 @@ class SweepDir:
                 with os.scandir(prefix.path) as entries:
                     for entry in entries:
                         if entry.name.endswith(".json") and not entry.name.startswith("."):
-                            st = entry.stat()
-                            out[entry.name[:-5]] = (
-                                Path(entry.path),
-                                f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
-                            )
+                            out[entry.name[:-5]] = (Path(entry.path), file_key(entry.stat()))
         return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
