@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import RunConfig
 from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, RUNS_SCHEMA, record_problem, setting_values
-from .store import RecordProblem, SweepDir, read_table, write_table
+from .store import RecordProblem, SweepDir, read_table, select_runs, write_table
 
 RECORD_KEYS = b"plsweep.record_keys.2"
 """Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from.
@@ -172,16 +171,14 @@ class _Shards:
     """The rows and curves that shards hold of the runs a collect needs, and the shard files read."""
 
     run_ids: set[str] = field(default_factory=set)
-    runs: pa.Table = field(default_factory=RUNS_SCHEMA.empty_table)
-    curves: pa.Table = field(default_factory=CURVES_SCHEMA.empty_table)
+    runs: pa.Table | None = None  # None when run_ids is empty (an empty table would import pandas)
+    curves: pa.Table | None = None
     paths: list[Path] = field(default_factory=list)
 
 
 def _only(table: pa.Table, run_ids: set[str], among: set[str]) -> pa.Table:
     """The rows of ``table`` (whose run ids are ``among``) of ``run_ids``."""
-    if run_ids == among:
-        return table
-    return table.filter(pc.is_in(table["run_id"], value_set=pa.array(sorted(run_ids), pa.string())))
+    return table if run_ids == among else select_runs(table, run_ids)
 
 
 def _read_shards(sweep: SweepDir, wanted: dict[str, str]) -> _Shards:
@@ -211,9 +208,9 @@ def _read_shards(sweep: SweepDir, wanted: dict[str, str]) -> _Shards:
             curve = read_table(curves_path, run_ids=take)
         except (OSError, pa.ArrowException):
             continue
-        table = table.filter(pc.equal(table["sweep_hash"], sweep_hash))
-        taken = set(table.column("run_id").to_pylist())
-        runs.append(table.replace_schema_metadata(None))
+        ids, hashes = (table.column(name).to_pylist() for name in ("run_id", "sweep_hash"))
+        taken = {run_id for run_id, value in zip(ids, hashes, strict=True) if value == sweep_hash}
+        runs.append(_only(table, taken, set(ids)).replace_schema_metadata(None))
         curves.append(_only(curve, taken, set(take)).replace_schema_metadata(None))
         out.run_ids |= taken
     if runs:
