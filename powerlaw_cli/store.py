@@ -89,19 +89,30 @@ def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] 
 
 
 def select_runs(table: pa.Table, run_ids: Iterable[str]) -> pa.Table:
-    """The rows of ``table`` whose ``run_id`` is one of ``run_ids``, in the table's order: slices of its runs
-    of consecutive matches, because building an Arrow array from Python values (for ``pc.is_in``) imports
-    pandas (~0.15 s), which a worker's startup and ``status`` do without."""
+    """The rows of ``table`` whose ``run_id`` is one of ``run_ids``, in the table's order.
+
+    Stretches of consecutive matches are sliced out (a worker's task, the kept rows of a table): building an
+    Arrow array from Python values, as a filter needs, imports pandas (~0.15 s), which a worker's startup
+    and ``status`` do without. Matches scattered over more than ``SCATTERED`` stretches are filtered.
+    """
     wanted = set(run_ids)
-    slices: list[pa.Table] = []
+    matches = [run_id in wanted for run_id in table.column("run_id").to_pylist()]
+    stretches: list[tuple[int, int]] = []
     start = None
-    for index, run_id in enumerate([*table.column("run_id").to_pylist(), None]):
-        if run_id in wanted and start is None:
+    for index, match in enumerate([*matches, False]):
+        if match and start is None:
             start = index
-        elif run_id not in wanted and start is not None:
-            slices.append(table.slice(start, index - start))
+        elif not match and start is not None:
+            stretches.append((start, index))
             start = None
+    if len(stretches) > SCATTERED:
+        return table.filter(pa.array(matches, pa.bool_()))
+    slices = [table.slice(start, stop - start) for start, stop in stretches]
     return pa.concat_tables(slices) if slices else table.slice(0, 0)
+
+
+SCATTERED = 64
+"""Stretches of matching rows beyond which ``select_runs`` filters rather than concatenates slices."""
 
 
 def json_ready(value: Any) -> Any:

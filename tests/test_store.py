@@ -16,7 +16,7 @@ from tiny import record_paths
 
 from powerlaw_cli.collect import collect
 from powerlaw_cli.schema import CURVES_SCHEMA, RUNS_SCHEMA
-from powerlaw_cli.store import MANIFEST_ROW_GROUP, SweepDir, SweepDirError, select_runs
+from powerlaw_cli.store import MANIFEST_ROW_GROUP, SCATTERED, SweepDir, SweepDirError, select_runs
 
 
 def test_collect_has_every_run_exactly_once_with_the_typed_schema(tiny_sweep_dir):
@@ -173,3 +173,6 @@ def test_select_runs_keeps_the_tables_order_and_only_the_asked_rows():
     table = pa.table({"run_id": list("abcdefg"), "x": list(range(7))})
     assert select_runs(table, {"g", "a", "c", "d"}).column("x").to_pylist() == [0, 2, 3, 6]
     assert select_runs(table, {"zz"}).num_rows == 0
+    many = pa.table({"run_id": [str(i) for i in range(4 * SCATTERED)], "x": list(range(4 * SCATTERED))})
+    every_other = {str(i) for i in range(0, 4 * SCATTERED, 2)}  # 2 * SCATTERED stretches: filtered
+    assert select_runs(many, every_other).column("x").to_pylist() == list(range(0, 4 * SCATTERED, 2))
