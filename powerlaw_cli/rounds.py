@@ -13,9 +13,9 @@ the sweep directory's launch lock:
 
 Workers keep each WSD or Power trunk's state at its last fork (``keep_trunks``), so a later round that adds
 a larger budget at an LR extends the trunk instead of training it again; the cost a round is charged is
-what it adds (``chains.added_tokens``). On the local executor the rounds run back to back; on Slurm each
-``plsweep launch`` submits at most one round, and is safe to run again at any time (or to leave running
-with ``--watch``). The stopping rules (precision, budget, rounds) may change between launches; the cells
+what its chains add (``round_flops``: a trunk the round extends to two budgets is charged once). On the
+local executor the rounds run back to back; on Slurm each ``plsweep launch`` submits at most one round,
+and is safe to run again at any time (or to leave running with ``--watch``). The stopping rules (precision, budget, rounds) may change between launches; the cells
 and the LR lattice may not (they are the sweep's identity).
 """
 
