@@ -47,9 +47,9 @@ Why a predicted window is not widened to the law's 95% interval: a point added f
 paid in every cell, an extension only in the cells whose window missed, and it is one point. With one
 seed the law's bootstrap intervals are wide (+-1 to 2 octaves on ``bench/larger.toml``, whose cells'
 optima scatter about the law), so widening gave most predicted cells 4 or 5 LRs, at the largest budget
-too. Replayed on that grid's records (the policy's choices with the losses the full grid measured):
-widened, 59 (cell, LR) runs and 38.6% of the FLOPs of every run alone; three points, 50 runs and 29.4%,
-with the same optima. On the stand-in below, whose law is tight, the two agree to 0.3 point.
+too. Measured on that grid (``bench/bench_compute.py``, FLOPs charged exactly): widened, 59 (cell, LR)
+runs and 38.6% of the FLOPs of every run alone; three points, 50 runs and 29.5%, with the same fit. On
+the stand-in below, whose law is tight, the two agree to 0.3 point.
 
 Why the two extra conditions of ``done``:
 
