@@ -16,7 +16,7 @@ shared machine's load hits both alike; the ratio this/baseline is the median of 
 * for every size of ``--runs`` (default 1k, 10k): ``launch --executor slurm`` (submission only:
   the command returns once the arrays are queued), then the sweep runs on the cluster
   (``runs_per_task`` 100, one CPU per task); once it is done: ``status``, the first ``collect`` (on a
-  fresh copy of the directory each time), ``collect`` with nothing new, ``fit``;
+  fresh hard-linked copy of the directory each time), ``collect`` with nothing new, ``fit``;
 * task startup: a worker process (``powerlaw_cli.worker.run_task``) on a task whose runs are all
   recorded, so it does everything but train (imports, reading the task, skipping); and from the
   records, the per-run overhead inside a task: (last finished - first started - training seconds) /
@@ -284,8 +284,11 @@ def bench_sweep(
         copy = work / f"copy-{tree.name}"
         if copy.exists():
             shutil.rmtree(copy)
-        shutil.copytree(
-            dirs[tree.name], copy, ignore=shutil.ignore_patterns("runs.parquet", "curves.parquet")
+        shutil.copytree(  # hard links: the record files keep the keys (inodes) the workers' shards hold
+            dirs[tree.name],
+            copy,
+            ignore=shutil.ignore_patterns("runs.parquet", "curves.parquet"),
+            copy_function=os.link,
         )
         return tree.run("collect", str(copy))[0]
 

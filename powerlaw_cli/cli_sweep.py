@@ -24,8 +24,7 @@ from .cli import (
     warn,
 )
 from .config import section_from_dict
-from .launch import Executor
-from .sweep_settings import LaunchConfig
+from .sweep_settings import Executor, LaunchConfig
 
 
 def launch_options(sweep_launch: LaunchConfig, items: list[str], workers: int | None) -> LaunchConfig:

@@ -8,6 +8,7 @@ nothing when nothing is. Both are replaced atomically.
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import RunConfig
-from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, RUNS_SCHEMA, setting_values
-from .store import RecordProblem, SweepDir, read_table, write_table
+from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, RUNS_SCHEMA, record_problem, setting_values
+from .store import RecordProblem, SweepDir, read_table, select_runs, write_table
 
 RECORD_KEYS = b"plsweep.record_keys.2"
 """Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from.
@@ -80,33 +81,141 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _update_runs_table(sweep: SweepDir) -> tuple[dict[str, str], list[str], list[RecordProblem]]:
-    """Bring ``runs.parquet`` up to date with the record files: read only records that are new or changed
-    since it was written (their keys are in its metadata), leave out and report the untrusted ones.
-    Returns the keys of its rows, the run ids read just now, and the problems."""
-    sweep_hash = sweep.info()["sweep_hash"]
-    files = sweep.record_files()
+def _update_runs_table(
+    sweep: SweepDir, files: dict[str, tuple[Path, str]], old_keys: dict[str, str], shards: _Shards
+) -> tuple[dict[str, str], list[str], list[RecordProblem]]:
+    """Bring ``runs.parquet`` (built from the records of ``old_keys``) up to date with the record files
+    (``files``): read only records that are new or changed, from a shard where one holds them, and leave
+    out and report the untrusted ones. Returns the keys of its rows, the run ids read just now, and the
+    problems."""
     path = sweep.runs_table_path
-    old_keys = _table_keys(path, RUNS_SCHEMA) or {}
     fresh = [run_id for run_id, (_, key) in files.items() if old_keys.get(run_id) != key]
+    fresh_set = set(fresh)
     rows, read, problems = [], [], []
+    sweep_hash = sweep.info()["sweep_hash"] if fresh else ""
+    from_shards = fresh_set & shards.run_ids
     for run_id in fresh:
+        if run_id in from_shards:
+            read.append(run_id)
+            continue
         record = sweep.read_record(files[run_id][0], sweep_hash)
         if isinstance(record, RecordProblem):
             problems.append(record)
             continue
         rows.append(_row(record))
         read.append(run_id)
-    kept = [run_id for run_id in old_keys if run_id in files and run_id not in set(fresh)]
+    kept = [run_id for run_id in old_keys if run_id in files and run_id not in fresh_set]
     if not read and len(kept) == len(old_keys) and path.exists():
         return old_keys, [], problems  # nothing new, nothing gone: the table stands
-    parts = [pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)]
+    parts = [pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)] if rows else []
+    if from_shards:
+        parts.append(_only(shards.runs, from_shards, shards.run_ids))
     if kept:
         parts.append(read_table(path, run_ids=kept).cast(RUNS_SCHEMA))
-    table = pa.concat_tables(parts).sort_by("run_id")
+    table = pa.concat_tables(parts).sort_by("run_id") if parts else RUNS_SCHEMA.empty_table()
     keys = {run_id: files[run_id][1] for run_id in table.column("run_id").to_pylist()}
     write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
     return keys, read, problems
+
+
+# --- shards: the results of one worker process, collected by the worker ------------------------------
+
+
+SHARD_MIN_RUNS = 4
+"""A worker process that recorded at least this many runs writes them as a shard as well: below it, the
+shard would cost collect about as many file reads as the runs' own files."""
+
+
+class ShardWriter:
+    """The runs one worker process records, kept as a runs table and a curves table (a *shard*) that
+    ``collect`` reads instead of their record and curve files, one file each per process instead of per run.
+
+    A shard is an accelerator, never the truth: it holds each run's record-file key, and collect takes a
+    run from it only while the record file on disk still has that key (a rerun or an edited record is read
+    from its file); a missing, partial or unreadable shard costs only the per-file reads. Collect deletes
+    the shards it has read once the tables hold their runs.
+    """
+
+    def __init__(self, sweep: SweepDir) -> None:
+        self.sweep = sweep
+        self.rows: list[dict[str, Any]] = []
+        self.keys: dict[str, str] = {}
+        self.curves: list[pa.Table] = []
+
+    def add(self, record: dict[str, Any], key: str, curve: pa.Table | None) -> None:
+        """A run just recorded (its record file's key and curve table, as ``write_result`` returns them);
+        a record the runs schema refuses is left to collect to read and report."""
+        if record_problem(record) is None:
+            self.rows.append(_row(record))
+            self.keys[record["run_id"]] = key
+            if curve is not None:
+                self.curves.append(curve)
+
+    def write(self) -> None:
+        """Write the shard (curves first: a shard's runs file means both are complete), if it is worth it."""
+        if len(self.rows) < SHARD_MIN_RUNS:
+            return
+        metadata = {RECORD_KEYS: json.dumps(self.keys).encode()}
+        stem = self.sweep.shards_dir / f"{self.rows[0]['run_id']}-{uuid.uuid4().hex[:12]}"
+        curves = pa.concat_tables(self.curves) if self.curves else CURVES_SCHEMA.empty_table()
+        write_table(
+            stem.with_suffix(".curves.parquet"), curves.replace_schema_metadata(metadata), durable=False
+        )
+        runs = pa.Table.from_pylist(self.rows, schema=RUNS_SCHEMA).replace_schema_metadata(metadata)
+        write_table(stem.with_suffix(".runs.parquet"), runs, durable=False)
+        self.rows, self.keys, self.curves = [], {}, []
+
+
+@dataclass
+class _Shards:
+    """The rows and curves that shards hold of the runs a collect needs, and the shard files read."""
+
+    run_ids: set[str] = field(default_factory=set)
+    runs: pa.Table | None = None  # None when run_ids is empty (an empty table would import pandas)
+    curves: pa.Table | None = None
+    paths: list[Path] = field(default_factory=list)
+
+
+def _only(table: pa.Table, run_ids: set[str], among: set[str]) -> pa.Table:
+    """The rows of ``table`` (whose run ids are ``among``) of ``run_ids``."""
+    return table if run_ids == among else select_runs(table, run_ids)
+
+
+def _read_shards(sweep: SweepDir, wanted: dict[str, str]) -> _Shards:
+    """The runs of ``wanted`` ({run_id: current record-file key}) that a shard holds with that same key and
+    this sweep's hash, with their curves; and every shard file there is (to delete once collected)."""
+    out = _Shards()
+    try:
+        out.paths = sorted(p for p in sweep.shards_dir.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return out
+    if not wanted:
+        return out
+    sweep_hash = sweep.info()["sweep_hash"]
+    runs, curves = [], []
+    for runs_path in (p for p in out.paths if p.name.endswith(".runs.parquet")):
+        curves_path = runs_path.with_name(runs_path.name.replace(".runs.", ".curves."))
+        keys = _table_keys(runs_path, RUNS_SCHEMA)
+        if keys is None or _table_keys(curves_path, CURVES_SCHEMA) != keys:
+            continue  # gone (another collect), partial or foreign: its runs are read from their files
+        take = [
+            run_id for run_id, key in keys.items() if wanted.get(run_id) == key and run_id not in out.run_ids
+        ]
+        if not take:
+            continue
+        try:
+            table = read_table(runs_path, run_ids=take)
+            curve = read_table(curves_path, run_ids=take)
+        except (OSError, pa.ArrowException):
+            continue
+        ids, hashes = (table.column(name).to_pylist() for name in ("run_id", "sweep_hash"))
+        taken = {run_id for run_id, value in zip(ids, hashes, strict=True) if value == sweep_hash}
+        runs.append(_only(table, taken, set(ids)).replace_schema_metadata(None))
+        curves.append(_only(curve, taken, set(take)).replace_schema_metadata(None))
+        out.run_ids |= taken
+    if runs:
+        out.runs, out.curves = pa.concat_tables(runs), pa.concat_tables(curves)
+    return out
 
 
 # --- collect ---------------------------------------------------------------------------------------
@@ -131,27 +240,47 @@ def collect(sweep: SweepDir) -> CollectReport:
     invalid records are reported and left out, so they count as not finished. Both files are replaced
     atomically: two collects at once never leave a broken file (the later one wins).
     """
-    keys, fresh, problems = _update_runs_table(sweep)
-    unreadable = _update_curves(sweep, keys)
+    files = sweep.record_files()
+    runs_keys = _table_keys(sweep.runs_table_path, RUNS_SCHEMA) or {}
+    curves_keys = _table_keys(sweep.curves_table_path, CURVES_SCHEMA)
+    wanted = {
+        run_id: key
+        for run_id, (_, key) in files.items()
+        if runs_keys.get(run_id) != key or (curves_keys or {}).get(run_id) != key
+    }
+    shards = _read_shards(sweep, wanted)
+    keys, fresh, problems = _update_runs_table(sweep, files, runs_keys, shards)
+    unreadable = _update_curves(sweep, keys, curves_keys, shards)
+    for path in shards.paths:  # their runs are in the tables now (or superseded)
+        path.unlink(missing_ok=True)
     return CollectReport(
         len(keys), len(fresh), problems, sweep.runs_table_path, sweep.curves_table_path, unreadable
     )
 
 
-def _update_curves(sweep: SweepDir, keys: dict[str, str]) -> list[str]:
-    """curves.parquet = the kept curves of the old file + the curve files of runs whose record is new.
+def _update_curves(
+    sweep: SweepDir, keys: dict[str, str], old_keys: dict[str, str] | None, shards: _Shards
+) -> list[str]:
+    """curves.parquet (built from the records of ``old_keys``; None: there is none) = its kept curves + the
+    curves of runs whose record is new (from a shard where one holds them, else from their curve files).
 
     Returns the curve files that could not be read (their runs stay in runs.parquet, without a curve).
     """
     path = sweep.curves_table_path
-    old_keys = _table_keys(path, CURVES_SCHEMA)
     if old_keys == keys:
         return []
     old_keys = old_keys or {}
-    fresh = [run_id for run_id, key in keys.items() if old_keys.get(run_id) != key]
-    kept = [run_id for run_id in keys if run_id in old_keys and run_id not in set(fresh)]
-    curves = [curve for run_id in fresh if (curve := _existing_curve(sweep, run_id)) is not None]
+    fresh = {run_id for run_id, key in keys.items() if old_keys.get(run_id) != key}
+    kept = [run_id for run_id in keys if run_id in old_keys and run_id not in fresh]
+    from_shards = fresh & shards.run_ids
+    curves = [
+        curve
+        for run_id in sorted(fresh - from_shards)
+        if (curve := _existing_curve(sweep, run_id)) is not None
+    ]
     parts, unreadable = [], []
+    if from_shards:
+        parts.append(_only(shards.curves, from_shards, shards.run_ids))
     with ThreadPoolExecutor(max_workers=CURVE_READERS) as pool:  # Arrow reads without holding the GIL
         for curve, table in zip(curves, pool.map(_try_read_curve, curves), strict=True):
             if isinstance(table, pa.Table):

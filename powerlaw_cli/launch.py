@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,9 +39,8 @@ from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
 from .store import SweepDir
-from .sweep_settings import LaunchConfig
+from .sweep_settings import Executor, LaunchConfig
 
-Executor = Literal["local", "slurm", "debug"]
 MANIFEST_KEY = b"plsweep.manifest"  # metadata: a hash of the runs and share_trunks it was written for
 
 

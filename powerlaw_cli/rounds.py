@@ -34,11 +34,11 @@ from typing import Any
 from .adaptive import CellSpec, Observation, plan_round
 from .chains import TRUNK_SCHEDULES, added_tokens, chain_tokens, fork_step, plan_chains, trunk_key
 from .config import RunConfig, stable_hash
-from .launch import Executor, LaunchResult, Prepared, run_prepared, submit
+from .launch import LaunchResult, Prepared, run_prepared, submit
 from .runstate import sweep_state
 from .spec import Sweep
 from .store import SweepDir, record_index
-from .sweep_settings import LaunchConfig
+from .sweep_settings import Executor, LaunchConfig
 
 POLL_SECONDS = 30.0  # --watch on Slurm: one batched scheduler query per poll at most
 

@@ -34,14 +34,13 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
@@ -77,18 +76,43 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], durable: 
         raise
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """A Parquet file, written atomically."""
-    atomic_write(path, lambda handle: pq.write_table(table, handle))
+def write_table(path: Path, table: pa.Table, durable: bool = True, row_group_size: int | None = None) -> None:
+    """A Parquet file, written atomically (see ``atomic_write`` for ``durable``)."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle, row_group_size=row_group_size), durable)
 
 
 def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None) -> pa.Table:
     """A Parquet file (only ``columns``, only the rows of ``run_ids`` if given), read directly: ``pq.read_table``
     goes through pyarrow's dataset layer, which imports pandas, and is slower for one file."""
     table = pq.ParquetFile(path).read(columns=columns)
-    if run_ids is not None:
-        table = table.filter(pc.is_in(table["run_id"], value_set=pa.array(run_ids, pa.string())))
-    return table
+    return table if run_ids is None else select_runs(table, run_ids)
+
+
+def select_runs(table: pa.Table, run_ids: Iterable[str]) -> pa.Table:
+    """The rows of ``table`` whose ``run_id`` is one of ``run_ids``, in the table's order.
+
+    Stretches of consecutive matches are sliced out (a worker's task, the kept rows of a table): building an
+    Arrow array from Python values, as a filter needs, imports pandas (~0.15 s), which a worker's startup
+    and ``status`` do without. Matches scattered over more than ``SCATTERED`` stretches are filtered.
+    """
+    wanted = set(run_ids)
+    matches = [run_id in wanted for run_id in table.column("run_id").to_pylist()]
+    stretches: list[tuple[int, int]] = []
+    start = None
+    for index, match in enumerate([*matches, False]):
+        if match and start is None:
+            start = index
+        elif not match and start is not None:
+            stretches.append((start, index))
+            start = None
+    if len(stretches) > SCATTERED:
+        return table.filter(pa.array(matches, pa.bool_()))
+    slices = [table.slice(start, stop - start) for start, stop in stretches]
+    return pa.concat_tables(slices) if slices else table.slice(0, 0)
+
+
+SCATTERED = 64
+"""Stretches of matching rows beyond which ``select_runs`` filters rather than concatenates slices."""
 
 
 def json_ready(value: Any) -> Any:
@@ -102,15 +126,22 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def file_key(stat: os.stat_result) -> str:
+    """A file's identity for incremental reading: modification time, size and inode change when it is replaced."""
+    return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
+
+
 def write_run_files(
     record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]
-) -> None:
+) -> tuple[str, pa.Table | None]:
     """The one writer of a run's result: its curve (Arrow IPC), then its record (JSON), each atomically.
 
     The record comes last: its existence means the run is finished (``plsweep train`` uses this too). The
     record is flushed to disk before it is renamed into place; the curve is not waited for (a curve lost to
-    a machine crash is reported by ``collect`` and costs the curve, not the result).
+    a machine crash is reported by ``collect`` and costs the curve, not the result). Returns the record
+    file's key (``file_key``) and the curve table written (None: no curve).
     """
+    table = None
     if curve:
         rows = [{**row, "run_id": record["run_id"]} for row in curve]
         table = pa.Table.from_pylist(rows, schema=CURVES_SCHEMA)
@@ -118,6 +149,11 @@ def write_run_files(
             curve_path, lambda handle: feather.write_feather(table, handle, compression="zstd"), durable=False
         )
     atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
+    return file_key(record_path.stat()), table
+
+
+MANIFEST_ROW_GROUP = 256
+"""Rows per row group of manifest.parquet: a worker decodes the settings of its task's row groups only."""
 
 
 @dataclass
@@ -151,6 +187,7 @@ class SweepDir:
     jobs_dir = property(lambda self: self.root / "jobs")
     runs_table_path = property(lambda self: self.root / "runs.parquet")
     curves_table_path = property(lambda self: self.root / "curves.parquet")
+    shards_dir = property(lambda self: self.root / "shards")
 
     # --- creation and identity -------------------------------------------------------------
 
@@ -226,9 +263,14 @@ class SweepDir:
     def tasks_path(self, launch: int) -> Path:
         return self.root / "tasks" / f"launch-{launch}.json"
 
-    def write_result(self, record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-        """Write a run's curve, then its record: the record's existence means the run is finished."""
-        write_run_files(self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve)
+    def write_result(
+        self, record: dict[str, Any], curve: list[dict[str, Any]]
+    ) -> tuple[str, pa.Table | None]:
+        """Write a run's curve, then its record (its existence means the run is finished); returns the record
+        file's key and the curve table."""
+        return write_run_files(
+            self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve
+        )
 
     def record_files(self) -> dict[str, tuple[Path, str]]:
         """run_id -> (path, key) of every record file; the key (mtime, size, inode) changes when it is replaced."""
@@ -244,11 +286,7 @@ class SweepDir:
                 with os.scandir(prefix.path) as entries:
                     for entry in entries:
                         if entry.name.endswith(".json") and not entry.name.startswith("."):
-                            st = entry.stat()
-                            out[entry.name[:-5]] = (
-                                Path(entry.path),
-                                f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
-                            )
+                            out[entry.name[:-5]] = (Path(entry.path), file_key(entry.stat()))
         return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
@@ -277,13 +315,25 @@ class SweepDir:
     # --- manifest, tasks, launches ----------------------------------------------------------
 
     def write_manifest(self, table: pa.Table) -> None:
-        write_table(self.manifest_path, table)
+        write_table(self.manifest_path, table, row_group_size=MANIFEST_ROW_GROUP)
 
     def _read_manifest(self, columns: list[str], run_ids: list[str] | None = None) -> pa.Table:
+        """Columns of the manifest; with ``run_ids``, their rows only, decoded from only the row groups
+        that hold them (a worker's task is a few neighbouring row groups of a 10,000-run manifest)."""
         self.info()  # not a sweep directory at all: say so
         if not self.manifest_path.exists():
             raise SweepDirError(f"{self.root}: no manifest.parquet; the sweep was never launched")
-        return read_table(self.manifest_path, columns, run_ids)
+        if run_ids is None:
+            return read_table(self.manifest_path, columns)
+        manifest = pq.ParquetFile(self.manifest_path)
+        wanted = set(run_ids)
+        ids = manifest.read(columns=["run_id"]).column("run_id").to_pylist()
+        groups, end = [], 0
+        for group in range(manifest.num_row_groups):
+            start, end = end, end + manifest.metadata.row_group(group).num_rows
+            if not wanted.isdisjoint(ids[start:end]):
+                groups.append(group)
+        return select_runs(manifest.read_row_groups(groups, columns=columns), wanted)
 
     def manifest_run_ids(self) -> list[str]:
         """Every run of the sweep, in grid order."""

@@ -12,6 +12,8 @@ from typing import Literal
 from .config import require, setting
 
 InitialCells = Literal["corners", "cheapest", "all"]
+Executor = Literal["local", "slurm", "debug"]
+"""Where a launch runs: this machine's processes, Slurm job arrays through submitit, or in-process."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from .chains import Chain, plan_chains
+from .collect import ShardWriter
 from .config import RunConfig
 from .store import SweepDir
 
@@ -81,18 +82,27 @@ class TaskPlan:
         return cls(sweep, options, plan_chains(runs, share_trunks=options["share_trunks"]))
 
 
-def run_chains(plan: TaskPlan, control: Control, indices: list[int] | None = None) -> dict[str, int]:
+def run_chains(
+    plan: TaskPlan, control: Control, indices: list[int] | None = None, shard: ShardWriter | None = None
+) -> dict[str, int]:
     """Train chains ``indices`` (default: all) of one task in this process, one after the other; returns
-    {status: count} of the runs recorded."""
+    {status: count} of the runs recorded. Their results go to ``shard`` too (default: one of their own,
+    written when they end or stop)."""
     from .runner import ChainRunner
 
+    if shard is None:
+        shard = ShardWriter(plan.sweep)
+        try:
+            return run_chains(plan, control, indices, shard)
+        finally:
+            shard.write()
     sweep, options, chains = plan.sweep, plan.options, plan.chains
     info = sweep.info()
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
     counts: dict[str, int] = {}
 
     def on_result(record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-        sweep.write_result(record, curve)
+        shard.add(record, *sweep.write_result(record, curve))
         counts[record["status"]] = counts.get(record["status"], 0) + 1
         print(
             f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",
@@ -207,13 +217,15 @@ def chain_process(sweep_dir: str, launch: int, task: int, work: Any, results: An
     signal.signal(signal.SIGUSR2, request_stop)
     counts: dict[str, int] = {}
     plan = TaskPlan.read(SweepDir(Path(sweep_dir)), launch, task)
+    shard = ShardWriter(plan.sweep)
     try:
         while not control.stop_after_save and (index := work.get()) is not None:
-            for status, n in run_chains(plan, control, [index]).items():
+            for status, n in run_chains(plan, control, [index], shard).items():
                 counts[status] = counts.get(status, 0) + n
     except StopRequested:
         pass
     finally:
+        shard.write()
         results.put(counts)
 
 

@@ -9,13 +9,14 @@ import threading
 import duckdb
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tiny import record_paths
 
 from powerlaw_cli.collect import collect
 from powerlaw_cli.schema import CURVES_SCHEMA, RUNS_SCHEMA
-from powerlaw_cli.store import SweepDir, SweepDirError
+from powerlaw_cli.store import MANIFEST_ROW_GROUP, SCATTERED, SweepDir, SweepDirError, select_runs
 
 
 def test_collect_has_every_run_exactly_once_with_the_typed_schema(tiny_sweep_dir):
@@ -152,3 +153,26 @@ def test_a_record_from_before_a_setting_was_a_column_gets_it_from_its_config(tin
     for column in ("synthetic_seed", "weight_decay_rule", "decay_points", "mlp_ratio"):
         assert row[column] == before.loc[record["run_id"], column], column
     assert not after.drop(columns="config").compare(before.drop(columns="config")).size
+
+
+def test_a_task_decodes_its_own_rows_of_a_manifest_of_many_row_groups(tmp_path):
+    """The worker's read: the asked runs' settings exactly, from a manifest spread over many row groups."""
+    sweep = SweepDir(tmp_path / "s")
+    sweep.create("x = 1", "s", "hash-a")
+    run_ids = [f"{i:016x}" for i in range(3000)]
+    configs = [json.dumps({"training": {"seed": i}}) for i in range(3000)]
+    sweep.write_manifest(pa.table({"run_id": run_ids, "config": configs}))
+    assert pq.ParquetFile(sweep.manifest_path).num_row_groups == 3000 // MANIFEST_ROW_GROUP + 1
+    asked = [run_ids[i] for i in (2999, 0, 255, 256, 1700, 1701, 1703)]  # both ends, a group boundary
+    got = sweep.manifest_configs(asked)
+    assert got == {run_id: {"training": {"seed": int(run_id, 16)}} for run_id in asked}
+    assert sweep.manifest_configs([]) == {}
+
+
+def test_select_runs_keeps_the_tables_order_and_only_the_asked_rows():
+    table = pa.table({"run_id": list("abcdefg"), "x": list(range(7))})
+    assert select_runs(table, {"g", "a", "c", "d"}).column("x").to_pylist() == [0, 2, 3, 6]
+    assert select_runs(table, {"zz"}).num_rows == 0
+    many = pa.table({"run_id": [str(i) for i in range(4 * SCATTERED)], "x": list(range(4 * SCATTERED))})
+    every_other = {str(i) for i in range(0, 4 * SCATTERED, 2)}  # 2 * SCATTERED stretches: filtered
+    assert select_runs(many, every_other).column("x").to_pylist() == list(range(0, 4 * SCATTERED, 2))
