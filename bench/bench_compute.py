@@ -5,6 +5,7 @@ Run by hand, never by the test suite::
 
     python bench/bench_compute.py                      # the demo's grid, then the chains-at-once figures
     python bench/bench_compute.py --spec sweeps/demo.toml --spec bench/larger.toml --workers 2
+    python bench/bench_compute.py --chains 0 --budget 0.3     # and an adaptive sweep capped at 30% of (1)
 
 For each sweep file (an ordinary grid with an ``optimizer.lr`` axis) it trains, on this machine with the
 local executor, into fresh directories:
@@ -12,7 +13,8 @@ local executor, into fresh directories:
 1. every run alone (``share_trunks = false``);
 2. the full grid with shared WSD trunks (the default);
 3. the adaptive sweep of the same grid: the LR axis replaced by ``[adaptive] lr_min, lr_max`` (the axis's
-   ends, lattice step its ratio), everything else equal;
+   ends, lattice step its ratio), everything else equal; and with ``--budget F`` the same adaptive sweep
+   with ``budget_flops`` = F x the FLOPs of 1;
 
 and reports trained FLOPs (hardware-independent: for 1 and 2 from the chains that were trained, for 3 the
 sum of its rounds' charges, which count each trunk's extension only), wall seconds, runs, and the Power
@@ -46,8 +48,9 @@ from powerlaw_cli.spec import load_sweep, tomllib  # noqa: E402
 from powerlaw_cli.store import SweepDir  # noqa: E402
 
 
-def adaptive_text(spec: Path) -> str:
-    """The sweep file with its LR axis replaced by an [adaptive] section over the same range and ratio."""
+def adaptive_text(spec: Path, budget_flops: float = 0.0) -> str:
+    """The sweep file with its LR axis replaced by an [adaptive] section over the same range and ratio
+    (and a compute budget, when > 0)."""
     data = tomllib.loads(spec.read_text())
     lrs = load_sweep(spec).axes["optimizer.lr"]
     del data["grid"]["optimizer"]["lr"]
@@ -55,7 +58,10 @@ def adaptive_text(spec: Path) -> str:
         del data["grid"]["optimizer"]
     step = math.log2(lrs[1] / lrs[0])
     data["adaptive"] = {"lr_min": min(lrs), "lr_max": max(lrs), "lr_step_log2": step, "max_rounds": 12}
-    data.setdefault("sweep", {})["name"] = f"{data.get('sweep', {}).get('name', spec.stem)}-adaptive"
+    suffix = f"-budget-{budget_flops:.3g}" if budget_flops else ""
+    if budget_flops:
+        data["adaptive"]["budget_flops"] = budget_flops
+    data.setdefault("sweep", {})["name"] = f"{data.get('sweep', {}).get('name', spec.stem)}-adaptive{suffix}"
     return _toml(data)
 
 
@@ -97,7 +103,9 @@ def grid_flops(spec: Path, share: bool) -> float:
     )
 
 
-def compare(spec: Path, work: Path, workers: int) -> list[dict]:
+def compare(spec: Path, work: Path, workers: int, budget_fractions: list[float]) -> list[dict]:
+    """Rows of the three strategies, then one adaptive sweep per fraction of every run alone's FLOPs given
+    as its ``budget_flops``."""
     sweep = load_sweep(spec)
     rows = []
     for label, share in (("every run alone", False), ("full grid, shared trunks", True)):
@@ -115,24 +123,28 @@ def compare(spec: Path, work: Path, workers: int) -> list[dict]:
             }
         )
         print(rows[-1], flush=True)
-    adaptive_spec = work / f"{sweep.name}-adaptive.toml"
-    adaptive_spec.write_text(adaptive_text(spec))
     shutil.copy(spec, work / spec.name)  # relative data paths resolve beside it
-    adaptive = load_sweep(adaptive_spec)
-    out = work / adaptive.name
-    started = time.monotonic()
-    result = launch_adaptive(adaptive, out, "local", dataclasses.replace(adaptive.launch, workers=workers))
-    rounds = SweepDir(out).rounds()
-    rows.append(
-        {
-            "strategy": f"adaptive ({len(rounds)} rounds: {result.why[:60]})",
-            "flops": sum(r["flops"] for r in rounds),
-            "wall_s": time.monotonic() - started,
-            "runs": len(SweepDir(out).manifest_run_ids()),
-            **power_constants(out),
-        }
-    )
-    print(rows[-1], flush=True)
+    for fraction in [0.0, *budget_fractions]:
+        budget = fraction * rows[0]["flops"]
+        adaptive_spec = work / f"{sweep.name}-adaptive-{len(rows)}.toml"
+        adaptive_spec.write_text(adaptive_text(spec, budget))
+        adaptive = load_sweep(adaptive_spec)
+        out = work / adaptive.name
+        started = time.monotonic()
+        options = dataclasses.replace(adaptive.launch, workers=workers)
+        result = launch_adaptive(adaptive, out, "local", options)
+        rounds = SweepDir(out).rounds()
+        label = f", budget {fraction:.0%} of every run alone" if fraction else ""
+        rows.append(
+            {
+                "strategy": f"adaptive{label} ({len(rounds)} rounds: {result.why[:60]})",
+                "flops": sum(r["flops"] for r in rounds),
+                "wall_s": time.monotonic() - started,
+                "runs": len(SweepDir(out).manifest_run_ids()),
+                **power_constants(out),
+            }
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -206,6 +218,13 @@ def main() -> None:
         "--chains", type=int, default=8, help="chains in the chains-at-once task (0: skip it)"
     )
     parser.add_argument("--no-compare", action="store_true", help="only the chains-at-once figures")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        action="append",
+        default=[],
+        help="also an adaptive sweep with budget_flops = this fraction of every run alone's FLOPs",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/plsweep-bench-compute"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -214,14 +233,15 @@ def main() -> None:
     args.work.mkdir(parents=True)
     figures = {"compare": {}, "chains_at_once": []}
     for spec in [] if args.no_compare else args.spec or [ROOT / "sweeps" / "demo.toml"]:
-        rows = compare(spec.resolve(), args.work, args.workers)
+        rows = compare(spec.resolve(), args.work, args.workers, args.budget)
         figures["compare"][spec.name] = rows
-        alone, trunks, adaptive = (row["flops"] for row in rows)
-        print(
-            f"{spec.name}: adaptive / every run alone = {adaptive / alone:.3f}; adaptive / full grid with "
-            f"trunks = {adaptive / trunks:.3f}; trunks / alone = {trunks / alone:.3f}",
-            flush=True,
-        )
+        alone, trunks = rows[0]["flops"], rows[1]["flops"]
+        for row in rows[2:]:
+            print(
+                f"{spec.name}: {row['strategy']}: / every run alone = {row['flops'] / alone:.3f}; / full "
+                f"grid with trunks = {row['flops'] / trunks:.3f}; trunks / alone = {trunks / alone:.3f}",
+                flush=True,
+            )
     if args.chains:
         figures["chains_at_once"] = chains_at_once(args.work, args.chains)
     if args.json:

@@ -27,8 +27,8 @@ interval (about noise / (curvature * step)); x2 (the default) is the demo's and 
 - ``predicted``: an untried cell within ``extrapolate_steps`` grid steps (of batch size or budget) of its
   group's cells with an optimum, once a law exists: three consecutive points around the law's prediction
   (of the two windows whose middle step holds it, the one with more LRs already trained at a smaller
-  budget of the same batch, whose trunks the new runs extend rather than start), plus one more point on
-  each side that the law's 95% interval passes.
+  budget of the same batch, whose trunks the new runs extend rather than start). Three, however wide
+  the law's interval: a window that misses is ``extending`` a round later, one point at a time.
 - ``waiting``: an untried cell that no law reaches yet. When nothing else would be trained, the reach
   grows by one step until a waiting cell is predicted.
 - ``extending`` / ``bracketing``: a cell whose best LR is its lowest or highest (``edge_low`` /
@@ -42,6 +42,14 @@ interval (about noise / (curvature * step)); x2 (the default) is the demo's and 
   is not flat, and the LRs tried next to its best LR are within max(lattice step, 2 * precision_log2).
 - ``stuck``: not done, and nothing left to try (the points next to its best LR are tried, or no run of
   it is usable). Flat or noisy cells end here: more seeds are the remedy, not more LRs.
+
+Why a predicted window is not widened to the law's 95% interval: a point added for the interval is
+paid in every cell, an extension only in the cells whose window missed, and it is one point. With one
+seed the law's bootstrap intervals are wide (+-1 to 2 octaves on ``bench/larger.toml``, whose cells'
+optima scatter about the law), so widening gave most predicted cells 4 or 5 LRs, at the largest budget
+too. Measured on that grid (``bench/bench_compute.py``, FLOPs charged exactly): widened, 59 (cell, LR)
+runs and 38.6% of the FLOPs of every run alone; three points, 50 runs and 29.5%, with the same fit. On
+the stand-in below, whose law is tight, the two agree to 0.3 point.
 
 Why the two extra conditions of ``done``:
 
@@ -86,7 +94,7 @@ why; ``RoundPlan.cells`` gives every cell's status, reason, lr_opt with its inte
 only cuts a round to ``budget_flops``, whole cells at a time (a cell's runs are of little use apart),
 cheapest cell first (the most cells advanced per FLOP), and gives ``RoundPlan.flops``. Summing single
 runs overestimates a round that trains one (batch, LR) at two budgets, so an exact single-run cost never
-lets the budget be exceeded. Which LRs are proposed never depends on ``cost``: that keeps every plan a
+lets the budget be exceeded (``rounds.round_flops`` charges a launched round exactly, chain by chain). Which LRs are proposed never depends on ``cost``: that keeps every plan a
 function of the observations, which a resumed loop can replay. Trunk sharing is preferred through the
 observations instead (LRs already trained at a smaller budget of the batch).
 
@@ -114,7 +122,9 @@ with WSD trunks, 20% decay). The demo's grid (batches 8, 16, 32; budgets 131k, 2
 trained run by run and 66.7% of it with shared trunks. An oracle that trains just the 3 lattice points
 around each true optimum needs 36.0% and 54.8% there, so no 3-point policy reaches 30% and 50% on this
 grid. A 5 x 5 grid (batches 8..128, budgets 65k..1M tokens, range 0.001..0.064, 6 cells' optima above
-it): 5 rounds, 102 runs, every cell done, 30.4% and 49.5% of the 7-LR grid (oracle: 28.5% and 46.5%).
+it): 5 rounds, 102 runs, every cell done, 30.7% and 50.1% of the 7-LR grid (oracle: 28.5% and 46.5%).
+``bench/larger.toml``'s shape (batches 8, 16, 32; budgets 65k..524k; 8 LRs 0.002..0.256): 6 rounds, 50
+runs, every cell done, 31.1% and 49.6% (oracle: 26.2% and 41.8%).
 """
 
 from __future__ import annotations
@@ -433,8 +443,8 @@ def _step(state: _Round, cell: CellSpec, reach: int) -> _Step:
 def _predicted(state: _Round, cell: CellSpec, reach: int) -> _Step:
     """An untried cell, once the law reaches it: three consecutive lattice points with the prediction
     inside the middle step's span (of the two such windows, the one with more LRs already trained at a
-    smaller budget of the same batch, whose trunks the new runs extend), widened by one point on a side
-    that the law's 95% interval passes."""
+    smaller budget of the same batch, whose trunks the new runs extend). Never widened by the law's
+    interval: a window that misses is extended by one point later, which costs less (module docstring)."""
     law, why = state.laws[cell.group]
     if law is None:
         return _Step("waiting", f"waiting for a law of lr_opt: {why}")
@@ -449,10 +459,8 @@ def _predicted(state: _Round, cell: CellSpec, reach: int) -> _Step:
         dict.fromkeys([round(at), math.floor(at), math.ceil(at)]),
         key=lambda k: len({k - 1, k, k + 1} & trunks),
     )
-    lo = centre - 2 if math.isfinite(low) and lattice(low) < centre - 1 - ON_LATTICE else centre - 1
-    hi = centre + 2 if math.isfinite(high) and lattice(high) > centre + 1 + ON_LATTICE else centre + 1
     why = f"predicted by the law ({law['formula']}): lr_opt {value:.3g} [{low:.3g}, {high:.3g}]"
-    return _Step("predicted", why, list(range(lo, hi + 1)))
+    return _Step("predicted", why, [centre - 1, centre, centre + 1])
 
 
 def _trunk_points(state: _Round, cell: CellSpec) -> set[int]:

@@ -13,9 +13,9 @@ the sweep directory's launch lock:
 
 Workers keep each WSD or Power trunk's state at its last fork (``keep_trunks``), so a later round that adds
 a larger budget at an LR extends the trunk instead of training it again; the cost a round is charged is
-what it adds (``chains.added_tokens``). On the local executor the rounds run back to back; on Slurm each
-``plsweep launch`` submits at most one round, and is safe to run again at any time (or to leave running
-with ``--watch``). The stopping rules (precision, budget, rounds) may change between launches; the cells
+what its chains add (``round_flops``: a trunk the round extends to two budgets is charged once). On the
+local executor the rounds run back to back; on Slurm each ``plsweep launch`` submits at most one round,
+and is safe to run again at any time (or to leave running with ``--watch``). The stopping rules (precision, budget, rounds) may change between launches; the cells
 and the LR lattice may not (they are the sweep's identity).
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .adaptive import CellSpec, Observation, plan_round
-from .chains import TRUNK_SCHEDULES, added_tokens, fork_step, trunk_key
+from .chains import TRUNK_SCHEDULES, added_tokens, chain_tokens, fork_step, plan_chains, trunk_key
 from .config import RunConfig, stable_hash
 from .launch import LaunchResult, Prepared, run_prepared, submit
 from .runstate import sweep_state
@@ -107,30 +107,47 @@ def observe(sweep_dir: SweepDir, runs: list[RunConfig]) -> list[Observation]:
     return out
 
 
-def round_cost(
-    cells: Cells, runs: list[RunConfig], observed: list[Observation]
-) -> Callable[[CellSpec, float], float]:
-    """The FLOPs a (cell, LR) would add now at every seed: each trunk is extended from the furthest fork of
-    its recorded runs (kept by the workers), a run of another schedule is trained in full."""
+def kept_trunks(cells: Cells, runs: list[RunConfig], observed: list[Observation]) -> dict[str, int]:
+    """The step each WSD or Power trunk is kept at (by the workers): the furthest fork of its recorded runs."""
     done = {(o.cell, o.lr, o.seed) for o in observed if o.status in ("ok", "diverged")}
-    trunk_steps: dict[str, int] = {}
+    steps: dict[str, int] = {}
     for run in runs:
         if (
             run.schedule.name in TRUNK_SCHEDULES
             and (cell_key(run), run.optimizer.lr, run.training.seed) in done
         ):
             key = trunk_key(run)
-            trunk_steps[key] = max(trunk_steps.get(key, 0), fork_step(run))
+            steps[key] = max(steps.get(key, 0), fork_step(run))
+    return steps
+
+
+def round_cost(cells: Cells, kept: dict[str, int]) -> Callable[[CellSpec, float], float]:
+    """The FLOPs a (cell, LR) would add now at every seed: each trunk is extended from where it is
+    ``kept``, a run of another schedule is trained in full. Summed over a round's proposals this counts a
+    trunk that the round extends to two budgets twice; ``round_flops`` is the round's exact cost."""
 
     def cost(cell: CellSpec, lr: float) -> float:
         total = 0.0
         for template in cells.templates[cell.key]:
             run = template.replace({"optimizer.lr": lr})
-            kept = trunk_steps.get(trunk_key(run)) if run.schedule.name in TRUNK_SCHEDULES else None
-            total += run.model.flops_per_token * added_tokens(run, kept)
+            at = kept.get(trunk_key(run)) if run.schedule.name in TRUNK_SCHEDULES else None
+            total += run.model.flops_per_token * added_tokens(run, at)
         return total
 
     return cost
+
+
+def round_flops(new: list[RunConfig], kept: dict[str, int]) -> float:
+    """The FLOPs a round's runs add, chain by chain as the workers train them: a trunk from where it is
+    kept when every new fork lies beyond it (else from the start) to its last new fork, plus each run's
+    decay; any other chain in full."""
+    total = 0.0
+    for chain in plan_chains(new):
+        run, start = chain.runs[0], 0
+        if chain.kind == "trunk" and kept.get(chain.key, 0) <= min(fork_step(r) for r in chain.runs):
+            start = kept.get(chain.key, 0)
+        total += run.model.flops_per_token * (chain_tokens(chain) - start * run.batch_tokens)
+    return total
 
 
 @dataclass
@@ -220,11 +237,10 @@ def _next_step(
             )
             return "repair", prepared, None
     observed = observe(sweep_dir, runs)
+    kept = kept_trunks(cells, runs, observed)
     earlier = sweep_dir.rounds()
     spent = sum(entry.get("flops", 0.0) for entry in earlier)
-    plan = plan_round(
-        cells.specs, observed, sweep.adaptive, len(earlier), spent, round_cost(cells, runs, observed)
-    )
+    plan = plan_round(cells.specs, observed, sweep.adaptive, len(earlier), spent, round_cost(cells, kept))
     new = [
         template.replace({"optimizer.lr": p.lr})
         for p in plan.proposals
@@ -237,7 +253,7 @@ def _next_step(
         "done": plan.done,
         "runs_added": len(new),
         "cell_lrs_added": len(plan.proposals),
-        "flops": plan.flops,
+        "flops": round_flops(new, kept),
         "runs_total": len(runs) + len(new),
         "cells": dict(statuses),
         "why": plan.why,
@@ -267,7 +283,7 @@ def _label(cells: Cells, key: tuple) -> str:
 def first_round(sweep: Sweep) -> list[RunConfig]:
     """The runs an adaptive sweep's first round would launch (what ``plsweep plan`` shows and costs)."""
     cells = sweep_cells(sweep)
-    plan = plan_round(cells.specs, [], sweep.adaptive, 0, 0.0, round_cost(cells, [], []))
+    plan = plan_round(cells.specs, [], sweep.adaptive, 0, 0.0, round_cost(cells, {}))
     return [
         template.replace({"optimizer.lr": p.lr})
         for p in plan.proposals

@@ -11,10 +11,11 @@ import pytest
 from tiny import TINY_WSD, trusted_records
 from typer.testing import CliRunner
 
+from powerlaw_cli.chains import fork_step, trunk_key
 from powerlaw_cli.cli import app
 from powerlaw_cli.collect import collect
 from powerlaw_cli.fit import fit_sweep, load_runs
-from powerlaw_cli.rounds import launch_adaptive
+from powerlaw_cli.rounds import launch_adaptive, round_flops, sweep_cells
 from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.status import sweep_status
 from powerlaw_cli.store import SweepDir
@@ -143,3 +144,29 @@ def test_an_lr_axis_in_an_adaptive_sweep_is_refused(tmp_path):
     spec = write_spec(tmp_path, ADAPTIVE.replace("[grid]\n", "[grid]\noptimizer.lr = [1e-3, 1e-2]\n"))
     code, _, err = invoke("plan", spec)
     assert code == 2 and "grid.optimizer.lr: an adaptive sweep chooses its LRs" in err
+
+
+def test_a_round_is_charged_each_trunk_once_and_only_what_it_adds(tmp_path):
+    sweep = load_sweep(write_spec(tmp_path))
+    template = sweep_cells(sweep).templates
+    short, long = (
+        next(
+            r
+            for runs in template.values()
+            for r in runs
+            if r.training.tokens == t and r.training.batch_size == 8
+        ).replace({"optimizer.lr": 0.004})
+        for t in (2048, 4096)
+    )
+    per_step = short.model.flops_per_token * short.batch_tokens
+    decay = {run.run_id: run.steps - fork_step(run) for run in (short, long)}
+    assert trunk_key(short) == trunk_key(long) and fork_step(short) < fork_step(long)
+    # both budgets in one round: one trunk to the longer fork, and both decays
+    both = fork_step(long) + decay[short.run_id] + decay[long.run_id]
+    assert round_flops([short, long], {}) == both * per_step
+    # the longer budget a round later: the kept trunk is extended from the shorter fork
+    kept = {trunk_key(short): fork_step(short)}
+    assert round_flops([long], kept) == (fork_step(long) - fork_step(short) + decay[long.run_id]) * per_step
+    # a budget before the kept fork starts the trunk again
+    kept = {trunk_key(short): fork_step(long)}
+    assert round_flops([short], kept) == short.steps * per_step
