@@ -82,7 +82,11 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _update_runs_table(
-    sweep: SweepDir, files: dict[str, tuple[Path, str]], old_keys: dict[str, str], shards: _Shards
+    sweep: SweepDir,
+    files: dict[str, tuple[Path, str]],
+    old_keys: dict[str, str],
+    shards: _Shards,
+    sweep_hash: str,
 ) -> tuple[dict[str, str], list[str], list[RecordProblem]]:
     """Bring ``runs.parquet`` (built from the records of ``old_keys``) up to date with the record files
     (``files``): read only records that are new or changed, from a shard where one holds them, and leave
@@ -92,7 +96,6 @@ def _update_runs_table(
     fresh = [run_id for run_id, (_, key) in files.items() if old_keys.get(run_id) != key]
     fresh_set = set(fresh)
     rows, read, problems = [], [], []
-    sweep_hash = sweep.info()["sweep_hash"] if fresh else ""
     from_shards = fresh_set & shards.run_ids
     for run_id in fresh:
         if run_id in from_shards:
@@ -181,7 +184,7 @@ def _only(table: pa.Table, run_ids: set[str], among: set[str]) -> pa.Table:
     return table if run_ids == among else select_runs(table, run_ids)
 
 
-def _read_shards(sweep: SweepDir, wanted: dict[str, str]) -> _Shards:
+def _read_shards(sweep: SweepDir, wanted: dict[str, str], sweep_hash: str) -> _Shards:
     """The runs of ``wanted`` ({run_id: current record-file key}) that a shard holds with that same key and
     this sweep's hash, with their curves; and every shard file there is (to delete once collected)."""
     out = _Shards()
@@ -191,7 +194,6 @@ def _read_shards(sweep: SweepDir, wanted: dict[str, str]) -> _Shards:
         return out
     if not wanted:
         return out
-    sweep_hash = sweep.info()["sweep_hash"]
     runs, curves = [], []
     for runs_path in (p for p in out.paths if p.name.endswith(".runs.parquet")):
         curves_path = runs_path.with_name(runs_path.name.replace(".runs.", ".curves."))
@@ -240,6 +242,7 @@ def collect(sweep: SweepDir) -> CollectReport:
     invalid records are reported and left out, so they count as not finished. Both files are replaced
     atomically: two collects at once never leave a broken file (the later one wins).
     """
+    sweep_hash = sweep.info()["sweep_hash"]  # not a sweep directory: say so
     files = sweep.record_files()
     runs_keys = _table_keys(sweep.runs_table_path, RUNS_SCHEMA) or {}
     curves_keys = _table_keys(sweep.curves_table_path, CURVES_SCHEMA)
@@ -248,8 +251,8 @@ def collect(sweep: SweepDir) -> CollectReport:
         for run_id, (_, key) in files.items()
         if runs_keys.get(run_id) != key or (curves_keys or {}).get(run_id) != key
     }
-    shards = _read_shards(sweep, wanted)
-    keys, fresh, problems = _update_runs_table(sweep, files, runs_keys, shards)
+    shards = _read_shards(sweep, wanted, sweep_hash)
+    keys, fresh, problems = _update_runs_table(sweep, files, runs_keys, shards, sweep_hash)
     unreadable = _update_curves(sweep, keys, curves_keys, shards)
     for path in shards.paths:  # their runs are in the tables now (or superseded)
         path.unlink(missing_ok=True)
