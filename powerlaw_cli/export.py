@@ -34,6 +34,21 @@ from .store import json_ready
 DECAY_SHAPES: tuple[str, ...] = get_args(DecayShape)
 PAPER_LR_MAX = 0.02
 SCHEDULE_FRACTIONS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+TRAINER_SETTINGS = (
+    "parametrization",
+    "base_width",
+    "base_head_dim",
+    "init_std",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "weight_decay_rule",
+    "grad_clip",
+)
+"""The proxy's settings a target's trainer must reproduce for the fitted LR to transfer (beyond the law's
+variables): the parametrization the LR is a base LR of, and the optimizer it was tuned with."""
+
 UNITS = {
     "lr": "base Adam LR at width == base_width (muP), absolute",
     "batch_size": "sequences",
@@ -79,6 +94,7 @@ def export(
         },
         "units": UNITS,
         "source": fit.get("source"),
+        "proxy": proxy_settings(lr_law),
     }
     loss_name = _choose(fit, "loss_opt", loss_law, values, given, required=loss_law != "auto")
     if loss_name:
@@ -99,6 +115,37 @@ def export(
     out["warnings"] = _warnings(fit, out, lr_name, loss_name, batch, given, values)
     out["flagged"] = bool(out["warnings"])
     return json_ready(out)
+
+
+def proxy_settings(law: dict) -> dict[str, Any] | None:
+    """The ``TRAINER_SETTINGS`` the law's proxy runs shared, with what they ask of the target's trainer
+    (None: the fitted table did not record them, e.g. another lab's CSV)."""
+    shared = law.get("settings") or {}
+    settings = {name: shared[name] for name in TRAINER_SETTINGS if name in shared}
+    if not settings:
+        return None
+    return settings | {"trainer": _trainer_note(settings)}
+
+
+def _trainer_note(s: dict[str, Any]) -> str:
+    """In words: the optimizer and parametrization the target must use for the peak LR to mean the same."""
+    adam = ", ".join(f"{k}={s[k]}" for k in ("beta1", "beta2", "eps", "grad_clip") if k in s)
+    note = f"AdamW ({adam})" if adam else "AdamW"
+    if s.get("parametrization") == "mup":
+        note += (
+            f"; muP with m = width / {s.get('base_width', 'base_width')} (the peak LR is the base LR; "
+            "hidden matrices: LR x 1/m, init init_std / sqrt(m); readout logits x 1/m; attention "
+            "q.k x sqrt(base_head_dim) / head_dim: the table of powerlaw_cli/model.py)"
+        )
+    elif s.get("parametrization") == "sp":
+        note += "; standard parametrization (one LR for every parameter)"
+    if "weight_decay" in s:
+        wd, rule = s["weight_decay"], s.get("weight_decay_rule", "coupled")
+        if s.get("parametrization") == "mup" and rule == "independent":
+            note += f"; weight decay {wd} with the hidden matrices' group at {wd} x width/base_width"
+        else:
+            note += f"; weight_decay={wd} in every AdamW group but the norm gains' (decay = group LR x {wd})"
+    return note
 
 
 def _check(batch_size, tokens, seq_len, params, lr_max, warmup, decay, shape, final_ratio) -> None:

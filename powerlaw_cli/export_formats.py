@@ -78,6 +78,8 @@ def render(rec: dict, fmt: str = "json") -> str:
     if fmt == "json":
         return json.dumps(rec, indent=1)
     header = "".join(f"# WARNING: {w}\n" for w in rec["warnings"])
+    if rec.get("proxy"):
+        header += f"# the LR holds for a trainer like the proxy's: {rec['proxy']['trainer']}\n"
     if fmt == "yaml":
         return header + yaml.safe_dump(rec, sort_keys=False)
     if rec["constants"] is None:
@@ -108,9 +110,23 @@ def _torch_snippet(rec: dict) -> str:
         f"schedule = PowerSchedule(lr_max={c['lr_max']!r}, a={c['a']['value']!r}, b={c['b']['value']!r}, "
         f"batch_size={t['batch_size']!r}, total_tokens={c['total_tokens']!r}, warmup_tokens={c['warmup_tokens']!r}, "
         f"decay_tokens={c['decay_tokens']!r}, decay_shape={c['decay_shape']!r}, final_ratio={c['final_ratio']!r})\n"
-        "optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr)\n"
+        f"optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.peak_lr{_adamw_arguments(rec.get('proxy'))})\n"
         f"scheduler = lambda_lr(optimizer, schedule, tokens_per_step={t['tokens_per_step']})\n"
     )
+
+
+def _adamw_arguments(proxy: dict | None) -> str:
+    """The proxy's AdamW settings as keyword arguments (torch's defaults differ: betas (0.9, 0.999),
+    weight_decay 0.01)."""
+    proxy = proxy or {}
+    out = ""
+    if "beta1" in proxy and "beta2" in proxy:
+        out += f", betas=({proxy['beta1']!r}, {proxy['beta2']!r})"
+    if "eps" in proxy:
+        out += f", eps={proxy['eps']!r}"
+    if "weight_decay" in proxy:
+        out += f", weight_decay={proxy['weight_decay']!r}"
+    return out
 
 
 def write_schedule_png(rec: dict, path: str | Path) -> Path:

@@ -335,6 +335,7 @@ def _fit_one(spec: LawSpec, mode: str, cells, groups, group_keys, weighted, top_
         "cells (the LR optimum of each batch)" if spec.per_cell else "groups (the joint optimum)"
     )
     law["pools"] = _pooled(points, group_keys, spec.variables)
+    law["settings"] = _shared_settings(points, group_keys, spec.variables)
     seq = points["seq_len"].dropna().unique() if "seq_len" in points else []
     if len(seq) == 1 and (tokens := batch_in_tokens(law, float(seq[0]))):
         law["in_tokens"] = tokens
@@ -349,6 +350,17 @@ def _pooled(points: pd.DataFrame, keys: list[str], variables: tuple[str, ...]) -
         return []
     by = points.groupby(list(variables), dropna=False)
     return [k for k in keys if k in points and k not in variables and (by[k].nunique(dropna=False) > 1).any()]
+
+
+def _shared_settings(points: pd.DataFrame, keys: list[str], variables: tuple[str, ...]) -> dict[str, Any]:
+    """Settings with one value over all the law's points (other than its variables): what the law holds
+    under, e.g. the proxy's parametrization and optimizer, which a target's trainer must match."""
+    out = {}
+    for key in keys:
+        if key in points and key not in variables and points[key].nunique(dropna=False) == 1:
+            value = points[key].iloc[0]
+            out[key] = value.item() if hasattr(value, "item") else value
+    return out
 
 
 def _no_batch_optimum(groups: pd.DataFrame) -> str:

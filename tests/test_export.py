@@ -380,3 +380,34 @@ def test_from_a_real_fit_json_to_every_format(tmp_path):
     assert lm_engine["extra_lr_scheduler_args"]["a"] == pytest.approx(64 * rec["constants"]["a"]["value"])
     png = write_schedule_png(rec, tmp_path / "schedule.png")
     assert png.stat().st_size > 5000
+
+
+def _proxy_fit(tmp_path, **settings) -> dict:
+    """A fit of a sweep-like table whose runs all share ``settings`` (columns of a plsweep runs table)."""
+    rows = []
+    for T in (1e8, 4e8, 1.6e9):
+        for B in (16, 32, 64):
+            lr_opt = 4.6 * B * T**-0.51
+            for lr in 2.0 ** np.arange(-14, 0):
+                dx = math.log2(lr / lr_opt)
+                loss = 3 + 0.01 * dx**2
+                rows.append({"batch_size": B, "tokens": T, "lr": lr, "status": "ok", "final_val_loss": loss})
+    write_fit(fit_sweep(pd.DataFrame(rows).assign(**settings), n_boot=50), tmp_path / "fit")
+    return read_fit(tmp_path)
+
+
+def test_export_says_which_parametrization_and_optimizer_the_lr_holds_for(tmp_path):
+    mup = {"parametrization": "mup", "base_width": 32, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95}
+    rec = export(_proxy_fit(tmp_path, **mup, weight_decay_rule="independent", eps=1e-8), 64, 1e9, 1024)
+    proxy = rec["proxy"]
+    assert {k: proxy[k] for k in mup} == mup and proxy["weight_decay_rule"] == "independent"
+    assert "m = width / 32" in proxy["trainer"] and "0.1 x width/base_width" in proxy["trainer"]
+    for fmt in ("yaml", "lm-engine", "torch"):
+        assert f"holds for a trainer like the proxy's: {proxy['trainer']}" in render(rec, fmt)
+    namespace = {"model": torch.nn.Linear(2, 2)}
+    exec(render(rec, "torch"), namespace)
+    group = namespace["optimizer"].param_groups[0]  # the proxy's AdamW, not torch's defaults
+    assert group["weight_decay"] == 0.1 and group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8
+    coupled = export(_proxy_fit(tmp_path / "c", **mup, weight_decay_rule="coupled"), 64, 1e9, 1024)
+    assert "(decay = group LR x 0.1)" in coupled["proxy"]["trainer"]
+    assert export(_proxy_fit(tmp_path / "plain"), 64, 1e9, 1024)["proxy"] is None  # another lab's table
