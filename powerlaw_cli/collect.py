@@ -155,17 +155,22 @@ class ShardWriter:
                 self.curves.append(curve)
 
     def write(self) -> None:
-        """Write the shard (curves first: a shard's runs file means both are complete), if it is worth it."""
+        """Write the shard (curves first: a shard's runs file means both are complete), if it is worth it.
+        A shard that cannot be written (a full disk) is a line in the log, never a failed task: the runs'
+        own files are written already."""
         if len(self.rows) < SHARD_MIN_RUNS:
             return
         metadata = {RECORD_KEYS: json.dumps(self.keys).encode()}
         stem = self.sweep.shards_dir / f"{self.rows[0]['run_id']}-{uuid.uuid4().hex[:12]}"
         curves = pa.concat_tables(self.curves) if self.curves else CURVES_SCHEMA.empty_table()
-        write_table(
-            stem.with_suffix(".curves.parquet"), curves.replace_schema_metadata(metadata), durable=False
-        )
         runs = pa.Table.from_pylist(self.rows, schema=RUNS_SCHEMA).replace_schema_metadata(metadata)
-        write_table(stem.with_suffix(".runs.parquet"), runs, durable=False)
+        try:
+            write_table(stem.with_suffix(".curves.parquet"), curves.replace_schema_metadata(metadata), False)
+            write_table(stem.with_suffix(".runs.parquet"), runs, durable=False)
+        except OSError as err:
+            print(
+                f"shard of {len(self.rows)} runs not written ({err}); collect reads their files", flush=True
+            )
         self.rows, self.keys, self.curves = [], {}, []
 
 
@@ -190,7 +195,7 @@ def _read_shards(sweep: SweepDir, wanted: dict[str, str], sweep_hash: str) -> _S
     out = _Shards()
     try:
         out.paths = sorted(p for p in sweep.shards_dir.iterdir() if not p.name.startswith("."))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no shards: every run is read from its files
         return out
     if not wanted:
         return out

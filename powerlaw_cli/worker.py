@@ -225,8 +225,8 @@ def chain_process(sweep_dir: str, launch: int, task: int, work: Any, results: An
     except StopRequested:
         pass
     finally:
-        shard.write()
         results.put(counts)
+        shard.write()
 
 
 class SlurmTask(submitit.helpers.Checkpointable):

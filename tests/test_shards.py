@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from tiny import record_paths
 
-from powerlaw_cli.collect import SHARD_MIN_RUNS, collect
+from powerlaw_cli.collect import SHARD_MIN_RUNS, ShardWriter, collect
 from powerlaw_cli.launch import launch
 from powerlaw_cli.spec import load_sweep
 from powerlaw_cli.store import SweepDir, atomic_write
@@ -116,3 +116,15 @@ def test_torn_and_foreign_shards_cost_only_the_file_reads(linked, from_files):
     assert report.runs == 16 and not report.problems
     assert _tables(linked) == from_files
     assert not list(linked.shards_dir.iterdir())
+
+
+def test_a_shard_that_cannot_be_written_is_a_log_line_not_a_failed_task(tiny_sweep_dir, capsys):
+    sweep = SweepDir(tiny_sweep_dir)
+    shutil.rmtree(sweep.shards_dir, ignore_errors=True)
+    sweep.shards_dir.write_text("a file where the shards' folder would be")
+    writer = ShardWriter(sweep)
+    for path, key in sorted(sweep.record_files().values())[:SHARD_MIN_RUNS]:
+        writer.add(json.loads(path.read_text()), key, None)
+    writer.write()
+    assert f"shard of {SHARD_MIN_RUNS} runs not written" in capsys.readouterr().out
+    assert collect(sweep).runs == 16  # the runs' own files are all there is, and enough
