@@ -2,7 +2,9 @@
 
 Both tables keep, in their Parquet metadata, the key (modification time, size, inode) of every record file
 they were built from, so a collect reads only records and curves that are new or changed, and rewrites
-nothing when nothing is. Both are replaced atomically.
+nothing when nothing is. Both are replaced atomically. Workers also write the runs they record as shards
+(``ShardWriter``: one runs and one curves table per process, with the same keys), which a collect reads
+instead of the runs' own files while the keys still match.
 """
 
 from __future__ import annotations
