@@ -134,7 +134,7 @@ def _trainer_note(s: dict[str, Any]) -> str:
     if s.get("parametrization") == "mup":
         note += (
             f"; muP with m = width / {s.get('base_width', 'base_width')} (the peak LR is the base LR; "
-            "hidden matrices: LR x 1/m, init init_std / sqrt(m); readout logits x 1/m; attention "
+            f"hidden matrices: LR x 1/m, init {s.get('init_std', 'init_std')} / sqrt(m); readout logits x 1/m; attention "
             "q.k x sqrt(base_head_dim) / head_dim: the table of powerlaw_cli/model.py)"
         )
     elif s.get("parametrization") == "sp":
