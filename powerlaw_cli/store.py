@@ -88,6 +88,10 @@ def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] 
     return table if run_ids is None else select_runs(table, run_ids)
 
 
+SCATTERED = 64
+"""Stretches of matching rows beyond which ``select_runs`` filters rather than concatenates slices."""
+
+
 def select_runs(table: pa.Table, run_ids: Iterable[str]) -> pa.Table:
     """The rows of ``table`` whose ``run_id`` is one of ``run_ids``, in the table's order.
 
@@ -109,10 +113,6 @@ def select_runs(table: pa.Table, run_ids: Iterable[str]) -> pa.Table:
         return table.filter(pa.array(matches, pa.bool_()))
     slices = [table.slice(start, stop - start) for start, stop in stretches]
     return pa.concat_tables(slices) if slices else table.slice(0, 0)
-
-
-SCATTERED = 64
-"""Stretches of matching rows beyond which ``select_runs`` filters rather than concatenates slices."""
 
 
 def json_ready(value: Any) -> Any:

@@ -83,19 +83,13 @@ class TaskPlan:
 
 
 def run_chains(
-    plan: TaskPlan, control: Control, indices: list[int] | None = None, shard: ShardWriter | None = None
+    plan: TaskPlan, control: Control, shard: ShardWriter, indices: list[int] | None = None
 ) -> dict[str, int]:
     """Train chains ``indices`` (default: all) of one task in this process, one after the other; returns
-    {status: count} of the runs recorded. Their results go to ``shard`` too (default: one of their own,
-    written when they end or stop)."""
+    {status: count} of the runs recorded. Their results go to this process's ``shard`` too (written by
+    the caller when the process is done)."""
     from .runner import ChainRunner
 
-    if shard is None:
-        shard = ShardWriter(plan.sweep)
-        try:
-            return run_chains(plan, control, indices, shard)
-        finally:
-            shard.write()
     sweep, options, chains = plan.sweep, plan.options, plan.chains
     info = sweep.info()
     extra = {"sweep": info["name"], "sweep_hash": info["sweep_hash"]}
@@ -156,7 +150,11 @@ def run_task(
         flush=True,
     )
     if at_once <= 1:
-        counts = run_chains(plan, control)
+        shard = ShardWriter(sweep)
+        try:
+            counts = run_chains(plan, control, shard)
+        finally:
+            shard.write()
     else:
         counts = _run_in_processes(sweep, launch, task, len(chains), at_once, threads, control)
         if control.stop_after_save:
@@ -220,7 +218,7 @@ def chain_process(sweep_dir: str, launch: int, task: int, work: Any, results: An
     shard = ShardWriter(plan.sweep)
     try:
         while not control.stop_after_save and (index := work.get()) is not None:
-            for status, n in run_chains(plan, control, [index], shard).items():
+            for status, n in run_chains(plan, control, shard, [index]).items():
                 counts[status] = counts.get(status, 0) + n
     except StopRequested:
         pass
