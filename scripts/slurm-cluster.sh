@@ -16,7 +16,7 @@
 # `stop` cancels the cluster's jobs, then ends every daemon by the pid in its pid file and waits
 # for it to exit. `status` reports the daemons (exit 0: all running, 3: none, 1: some).
 #
-# Facts this relies on are in /work/shared/slurm-dev-cluster.md (verified on Debian 12 / Slurm 22.05
+# Facts this relies on are in ../shared/slurm-dev-cluster.md, beside the repository (verified on Debian 12 / Slurm 22.05
 # in a root container without systemd or cgroups). Packages, as CI installs them:
 #   DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge slurmdbd mariadb-server
 #
@@ -202,7 +202,7 @@ write_configs() {
     : >"$DIR/plugstack.conf"
 
     cat >"$CONF" <<EOF
-# Written by $PROG; a one-node cluster on loopback. See /work/shared/slurm-dev-cluster.md.
+# Written by $PROG; a one-node cluster on loopback. See ../shared/slurm-dev-cluster.md beside the repository.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=$CTLD_PORT

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from test_fit import synthetic_runs
 from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
-from powerlaw_cli.schedules import WSDSchedule
+from powerlaw_cli.config import ScheduleConfig
+from powerlaw_cli.schedules import WSDSchedule, build_schedule
 from powerlaw_cli.synthetic import SEQ_LEN, batch_opt_tokens, loss, lr_opt, steplaw_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +98,9 @@ def test_train_from_a_toml_file_prints_a_summary(tmp_path):
     )
     code, out, _ = invoke("train", config, "--out", tmp_path / "run")
     assert code == 0
-    assert "status" in out and "diverged" in out  # a huge LR is an outcome, not an error
+    # a huge LR is an outcome, not an error: the summary row says so and where it happened
+    assert re.search(r"\bstatus\b[\s│|]+diverged\b", out), out
+    assert re.search(r"diverged_at_tokens[\s│|]+[1-9]", out), out
 
 
 @pytest.mark.parametrize(
@@ -162,7 +166,14 @@ def test_schedule_table_matches_the_schedule_and_plot_is_a_png(tmp_path):
 
 def test_schedule_prints_a_table_and_rejects_unknown_names():
     code, out, _ = invoke("schedule", "power", "--lr", "0.02", "--tokens", "1e9", "--batch-size", "256")
-    assert code == 0 and "power schedule" in out and out.count("\n") > 11
+    assert code == 0 and "power schedule" in out
+    rows = [
+        [float(cell) for cell in re.findall(r"[-+.\de]+", line)] for line in out.splitlines() if "│" in line
+    ]
+    reference = build_schedule(ScheduleConfig(name="power"), 0.02, 10**9, 256)
+    assert [t for t, _ in rows] == pytest.approx([i * 1e8 for i in range(11)])
+    assert [lr for _, lr in rows] == pytest.approx([reference(t) for t, _ in rows], rel=1e-3, abs=1e-12)
+    assert rows[0][1] > 0 and rows[-1][1] < rows[0][1]  # the decay at the end is in the table
     code, _, err = invoke("schedule", "triangle")
     assert code == 2 and "triangle" in err and "wsd" in err
 

@@ -115,7 +115,8 @@ def test_a_record_that_does_not_fit_the_schema_is_unfinished_rerun_and_harmless(
     )
     assert sweep_status(sweep).counts["finished"] == 16
     assert collect(sweep).runs == 16
-    assert fit_sweep(load_runs(tiny_sweep_dir), n_boot=20).cells is not None
+    fitted = fit_sweep(load_runs(tiny_sweep_dir), n_boot=20)  # 2 batches x 2 budgets, each over all 4 LRs
+    assert len(fitted.cells) == 4 and set(fitted.cells["n_lrs"]) == {4}
 
 
 def test_every_run_id_setting_is_a_column_and_the_fit_never_pools_across_one(tmp_path):

@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from tiny import record_paths
@@ -94,6 +95,8 @@ def test_output_reads_in_pandas_pyarrow_polars_and_duckdb(tiny_sweep_dir):
 def test_concurrent_collects_never_leave_a_broken_file(tiny_sweep_dir):
     sweep = SweepDir(tiny_sweep_dir)
     collect(sweep)
+    order = [("run_id", "ascending"), ("step", "ascending")]
+    curves_before = pq.read_table(tiny_sweep_dir / "curves.parquet").sort_by(order)
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -120,7 +123,8 @@ def test_concurrent_collects_never_leave_a_broken_file(tiny_sweep_dir):
     stop.set()
     reader.join()
     assert not errors
-    assert pq.read_table(tiny_sweep_dir / "curves.parquet").num_rows > 0
+    assert pq.read_table(tiny_sweep_dir / "curves.parquet").sort_by(order).equals(curves_before)
+    assert pc.count_distinct(curves_before["run_id"]).as_py() == 16
     assert not list(tiny_sweep_dir.glob(".*.tmp"))
 
 

@@ -40,8 +40,13 @@ def test_sweep_file_loads_and_plans(path):
         sweep = dataclasses.replace(sweep, runs=first_round(sweep))
     assert sweep.runs and sweep.duplicates == 0
     plan = make_plan(sweep, sweep.launch, ClusterLimits(max_array_size=1001), throughput=1e14)
-    assert plan.runs == len(sweep.runs) and plan.tasks >= 1 and plan.flops > 0
+    assert plan.runs == len(sweep.runs) and plan.tasks >= 1
+    assert plan.tokens_planned == sum(run.training.tokens for run in sweep.runs)
     assert plan.tokens_trained <= plan.tokens_planned
+    per_token = [
+        run.model.flops_per_token for run in sweep.runs
+    ]  # every trained token costs its model's FLOPs
+    assert min(per_token) * plan.tokens_trained <= plan.flops <= max(per_token) * plan.tokens_trained
 
 
 def test_plan_says_when_a_launch_cannot_fit_and_the_smallest_runs_per_task_that_would():
