@@ -2,7 +2,7 @@
 
 Each field is documented where it is defined (its ``doc``) and says whether it changes the run's
 result (``identity``): only those enter the ``run_id``. Sweep files (``spec.py``) and ``plsweep train``
-reuse these sections unchanged, and the README's table of settings is generated from them.
+reuse these sections unchanged, and the settings table of docs/sweep-files.md is generated from them.
 
 Run ids survive new settings. Adding a field to the identity would change the hash of every run, so
 every sweep directory launched before the upgrade would be refused or re-run. A setting added later
@@ -548,7 +548,7 @@ def in_identity(f: dataclasses.Field, value: Any) -> bool:
 
 
 def settings_table() -> list[tuple[str, str, Any, str, bool, Any]]:
-    """(section, field, default, doc, identity, legacy) for every setting: the source of the README's
+    """(section, field, default, doc, identity, legacy) for every setting: the source of the docs'
     table; ``legacy`` is ``NO_LEGACY`` for settings without one."""
     rows = []
     for name, section_type in SECTION_TYPES.items():

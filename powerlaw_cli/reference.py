@@ -1,8 +1,9 @@
-"""The README's reference tables, generated from the code that defines them.
+"""The docs' reference tables, generated from the code that defines them.
 
-The settings come from ``config`` (each field's own doc), the result columns from ``schema``. In the
-README each table sits between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers;
-``python -m powerlaw_cli.reference README.md`` rewrites them, ``--check`` fails when they are stale.
+The settings come from ``config`` (each field's own doc), the result columns from ``schema``. Each table
+sits in one page of ``docs/`` (``PAGES``) between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
+markers; ``python -m powerlaw_cli.reference`` rewrites them in the repository it runs in, ``--check``
+fails when one is stale.
 """
 
 from __future__ import annotations
@@ -82,27 +83,40 @@ def tables() -> dict[str, str]:
     }
 
 
-def refreshed(text: str) -> str:
-    """``text`` with every marked table replaced by its generated version."""
-    for name, table in tables().items():
+#: The page of the docs (relative to the repository's root) that holds each generated table.
+PAGES: dict[str, tuple[str, ...]] = {
+    "docs/sweep-files.md": ("settings", "adaptive-settings", "launch-settings"),
+    "docs/results.md": ("runs-schema", "curves-schema"),
+}
+
+
+def refreshed(text: str, names: tuple[str, ...]) -> str:
+    """``text`` with each of the named tables replaced by its generated version."""
+    generated = tables()
+    for name in names:
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"no <!-- {name}:begin --> ... <!-- {name}:end --> markers")
-        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, table=generated[name]: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 
 def main(argv: list[str]) -> int:
-    """``python -m powerlaw_cli.reference README.md [--check]``."""
-    path = Path(argv[0])
-    text = path.read_text()
-    new = refreshed(text)
-    if "--check" in argv[1:]:
+    """``python -m powerlaw_cli.reference [--check] [ROOT]``: refresh (or check) every page of ``PAGES``."""
+    check = "--check" in argv
+    root = Path(next((arg for arg in argv if arg != "--check"), "."))
+    stale = []
+    for page, names in PAGES.items():
+        path = root / page
+        text = path.read_text()
+        new = refreshed(text, names)
         if new != text:
-            print(f"{path}: reference tables are stale; run python -m powerlaw_cli.reference {path}")
-            return 1
-        return 0
-    path.write_text(new)
+            stale.append(page)
+            if not check:
+                path.write_text(new)
+    if check and stale:
+        print(f"reference tables are stale in {', '.join(stale)}; run python -m powerlaw_cli.reference")
+        return 1
     return 0
 
 

@@ -1,7 +1,7 @@
 """The result schema: one typed table of runs and one of loss curves, kept in this one place.
 
-``runs.parquet`` has one row per run, ``curves.parquet`` one row per logged step. The README's
-schema table is generated from ``RUN_COLUMNS`` and ``CURVE_COLUMNS``. Units: batch sizes in
+``runs.parquet`` has one row per run, ``curves.parquet`` one row per logged step. The schema
+tables of docs/results.md are generated from ``RUN_COLUMNS`` and ``CURVE_COLUMNS``. Units: batch sizes in
 sequences, token counts in tokens, LR is the base LR (width == base_width) before muP multipliers,
 losses in nats per token.
 

@@ -1,6 +1,6 @@
 """The sections of a sweep file that are not settings of a run: ``[launch]`` (how a sweep runs) and
 ``[adaptive]`` (how an adaptive sweep chooses its LRs). Typed and documented like the run settings
-(``config.setting``), parsed with ``config.section_from_dict``; the README's tables come from them."""
+(``config.setting``), parsed with ``config.section_from_dict``; the tables of docs/sweep-files.md come from them."""
 
 from __future__ import annotations
 

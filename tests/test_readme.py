@@ -1,5 +1,6 @@
-"""The README stays true to the code: generated reference tables are current, every command has its
-section, CI runs the test command the README gives, and the fit examples run and find what they say."""
+"""The README and docs/ stay true to the code: generated reference tables are current, every command has
+its section and its line in the README, every link resolves, CI runs the test command the README gives,
+and the fit examples run and find what they say."""
 
 from __future__ import annotations
 
@@ -13,37 +14,77 @@ from typer.testing import CliRunner
 
 from powerlaw_cli import synthetic
 from powerlaw_cli.cli import app
-from powerlaw_cli.reference import refreshed
+from powerlaw_cli.reference import PAGES, main, refreshed, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+COMMANDS = (ROOT / "docs" / "commands.md").read_text()
+PAGES_WITH_LINKS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_reference_tables_match_the_code():
-    assert refreshed(README) == README, "run: python -m powerlaw_cli.reference README.md"
+    assert main(["--check", str(ROOT)]) == 0, "run: python -m powerlaw_cli.reference"
 
 
-def test_reference_refresh_rejects_a_readme_without_markers():
+def test_every_generated_table_has_one_page():
+    placed = [name for names in PAGES.values() for name in names]
+    assert sorted(placed) == sorted(tables())
+    for page, names in PAGES.items():
+        text = (ROOT / page).read_text()
+        assert refreshed(text, names) == text
+
+
+def test_reference_refresh_rejects_a_page_without_markers():
     with pytest.raises(ValueError, match="settings:begin"):
-        refreshed("# no tables here\n")
+        refreshed("# no tables here\n", ("settings",))
 
 
-def test_every_command_has_a_readme_section():
+def test_every_command_has_a_section_and_a_readme_line():
     commands = {command.name or command.callback.__name__ for command in app.registered_commands}
-    documented = set(re.findall(r"^### `plsweep ([a-z-]+)`", README, re.M))
-    assert commands == documented
+    assert set(re.findall(r"^## plsweep ([a-z-]+)$", COMMANDS, re.M)) == commands
+    assert set(re.findall(r"\[`plsweep ([a-z-]+)`\]\(docs/commands\.md#plsweep-\1\)", README)) == commands
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_LINKS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_resolves(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, fragment = link.partition("#")
+        path = (page.parent / target).resolve() if target else page
+        assert path.exists(), f"{page.name}: {link}: no such file"
+        if fragment:
+            assert fragment in anchors(path), f"{page.name}: {link}: no such heading"
+
+
+def test_the_readme_links_every_docs_page():
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, page.name
 
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "make test" in README.split("## The workflow")[0]
+    assert "make test" in README.split("## A first sweep")[0]
     assert re.search(r"^make test$", ci, re.M)
     assert "PLSWEEP_REQUIRE_SLURM=1" in ci
 
 
-def readme_commands(heading: str) -> list[list[str]]:
-    """The commands of the ```bash blocks under a README heading (continuation lines joined, comments cut)."""
-    section = README.split(heading, 1)[1].split("\n#", 1)[0]
+def docs_commands(heading: str) -> list[list[str]]:
+    """The commands of the ```bash blocks under a heading of docs/commands.md (continuation lines joined,
+    comments cut)."""
+    section = COMMANDS.split(heading, 1)[1].split("\n#", 1)[0]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -52,8 +93,8 @@ def readme_commands(heading: str) -> list[list[str]]:
     return commands
 
 
-def run_readme_command(args: list[str]) -> str:
-    """A README command, run here: the synthetic-table writer, or plsweep (fewer resamples, no figures)."""
+def run_docs_command(args: list[str]) -> str:
+    """A command of the docs, run here: the synthetic-table writer, or plsweep (fewer resamples, no figures)."""
     if args[:3] == ["python", "-m", "powerlaw_cli.synthetic"]:
         synthetic.main(args[3:])
         return ""
@@ -64,17 +105,30 @@ def run_readme_command(args: list[str]) -> str:
     return result.stdout
 
 
-def test_readme_fit_examples_run_and_find_what_the_readme_says(tmp_path, monkeypatch):
+def test_docs_fit_examples_run_and_find_what_the_docs_say(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = "".join(run_readme_command(c) for c in readme_commands("#### A Step-Law-style table"))
+    out = "".join(run_docs_command(c) for c in docs_commands("### A Step-Law-style table"))
     assert "groups (joint LR x batch optimum): 16 used of 16" in out
     assert (
         "lr_opt_N_D: lr_opt [base LR] against N = params_non_embedding [parameters], D = tokens [tokens]"
         in out
     )
-    export = [c for c in readme_commands("### `plsweep export`") if c[:3] == ["plsweep", "export", "fit"]]
+    export = [c for c in docs_commands("## plsweep export") if c[:3] == ["plsweep", "export", "fit"]]
     assert len(export) == 1
-    recommended = json.loads(run_readme_command(export[0]))["recommended"]
+    recommended = json.loads(run_docs_command(export[0]))["recommended"]
     assert recommended["peak_lr"]["law"] == "lr_opt_N_D" and recommended["loss"]["law"] == "loss_opt_N_D"
-    out = "".join(run_readme_command(c) for c in readme_commands("#### A Chinchilla-style table"))
+    out = "".join(run_docs_command(c) for c in docs_commands("### A Chinchilla-style table"))
     assert "table of final losses: 42 of 42 settings used" in out and "predict loss_opt_N_D: " in out
+
+
+def test_the_first_sweep_names_real_commands_and_files_and_plans(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    section = README.split("## A first sweep", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert [c[1] for c in commands] == ["plan", "launch", "status", "fit", "export"]
+    spec = ROOT / commands[0][2]
+    assert spec.is_file() and all(c[2] in (commands[0][2], f"results/{spec.stem}") for c in commands)
+    result = CliRunner().invoke(app, [*commands[0][1:], "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"] == int(re.search(r"# (\d+) runs", block).group(1))
