@@ -64,7 +64,8 @@ class Range:
     def check(self, value: Any, where: str, error: type[PlsweepError] = PlsweepError) -> Any:
         """``value`` if it holds, else ``error("WHERE: must be RANGE, got VALUE")`` (one line)."""
         if not self.holds(value):
-            raise error(f"{where}: must be {self.describe()}, got {value!r}")
+            wide = isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX
+            raise error(f"{where}: must be {'a 64-bit integer' if wide else self.describe()}, got {value!r}")
         return value
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -525,7 +526,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return FINITE.check(float(value) if FINITE.holds(value) else value, where, ConfigError)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            value = math.inf
+        return FINITE.check(value, where, ConfigError)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
