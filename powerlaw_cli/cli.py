@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from .bounds import FINITE, POSITIVE, Range
 from .config import (
     ConfigError,
     Parametrization,
@@ -92,6 +94,44 @@ def user_errors(func):
     return wrapper
 
 
+def number_option(help: str, rule: Range = FINITE) -> Any:
+    """A number option checked by the one rule of ``bounds``: finite and within ``rule`` (shown in --help),
+    so that ``inf`` and ``nan`` are refused like any number out of range."""
+
+    def parse(text: Any) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        if not rule.holds(value):
+            raise typer.BadParameter(f"{text} must be {rule.describe()}")
+        return value
+
+    parse.rule = rule  # type: ignore[attr-defined]  # for the test that every number option has one
+    return typer.Option(parser=parse, metavar="NUMBER", help=f"{help} ({rule.describe()})")
+
+
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def output_path(text: Any) -> Path:
+    """A path the command writes to: no control characters (a newline pasted into ``--out`` would name a
+    folder that no listing shows plainly)."""
+    if CONTROL_CHARACTER.search(str(text)):
+        raise typer.BadParameter(f"{str(text)!r} holds a control character (a newline?); give a plain path")
+    return Path(text)
+
+
+def out_option(help: str) -> Any:
+    """An option naming a file or folder to write (see ``output_path``)."""
+    return typer.Option(parser=output_path, metavar="PATH", help=help)
+
+
+def plot_file(plot: Path, stem: str) -> Path:
+    """Where ``--plot`` writes: the path given, or ``PLOT/STEM.png`` when it is an existing folder."""
+    return plot / f"{stem}.png" if plot.is_dir() else plot
+
+
 def warn(message: str) -> None:
     """One yellow "warning:" line on stderr, printed as is (no markup)."""
     err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
@@ -99,7 +139,7 @@ def warn(message: str) -> None:
 
 def parse_assignments(items: list[str], where: str) -> dict[str, Any]:
     """["a.b=1e-3", "c.d=wsd"] -> {"a.b": 0.001, "c.d": "wsd"}: values are TOML, else plain strings."""
-    from .spec import tomllib
+    from .spec import InvalidToml, parse_toml
 
     out: dict[str, Any] = {}
     for item in items:
@@ -107,8 +147,8 @@ def parse_assignments(items: list[str], where: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"{where}: {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            out[key.strip()] = parse_toml(f"v = {raw}", f"{where} {key.strip()}")["v"]
+        except InvalidToml:
             out[key.strip()] = raw
     return out
 
@@ -147,7 +187,7 @@ def train(
         ),
     ] = None,
     set_: SetOption = [],  # noqa: B006 - typer needs a literal default
-    out: Annotated[Path | None, typer.Option(help="output folder (default: results/train/RUN_ID)")] = None,
+    out: Annotated[Path | None, out_option("output folder (default: results/train/RUN_ID)")] = None,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (training.compile; helps on GPUs)")
     ] = False,
@@ -155,14 +195,9 @@ def train(
 ) -> None:
     """Train one proxy run; write record.json and curve.arrow (resumes from OUT/checkpoint.pt)."""
     from .runner import train_standalone
-    from .spec import tomllib
+    from .spec import parse_toml
 
-    data: dict[str, Any] = {}
-    if config is not None:
-        try:
-            data = tomllib.loads(config.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{config}: invalid TOML: {err}") from None
+    data = parse_toml(config.read_text(), str(config)) if config is not None else {}
     overrides = parse_assignments(set_, "--set") | ({"training.compile": True} if compile_ else {})
     run = RunConfig.from_dict(data, str(config or "defaults")).replace(overrides, "--set")
     out = out or Path("results") / "train" / run.run_id
@@ -191,17 +226,22 @@ def train(
 
 # --- schedule ----------------------------------------------------------------------------------
 
+MAX_POINTS = 10_000
+"""Rows of a ``plsweep schedule`` table at most (a table, not a data set: use --plot for a curve)."""
+
 
 @app.command()
 @user_errors
 def schedule(
     name: Annotated[ScheduleName, typer.Argument(help="the schedule")],
-    lr: Annotated[float, typer.Option(help="peak LR (power: the cap lr_max), > 0")] = 3e-3,
-    tokens: Annotated[float, typer.Option(min=1, help="run length, tokens")] = 1e9,
+    lr: Annotated[float, number_option("peak LR (power: the cap lr_max)", POSITIVE)] = 3e-3,
+    tokens: Annotated[float, number_option("run length, tokens", Range(1))] = 1e9,
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per step (power's batch)")] = 256,
     set_: SetOption = [],  # noqa: B006
-    points: Annotated[int, typer.Option(min=2, help="rows of the table")] = 11,
-    plot: Annotated[Path | None, typer.Option(help="write a PNG of the schedule here")] = None,
+    points: Annotated[int, typer.Option(min=2, max=MAX_POINTS, help="rows of the table")] = 11,
+    plot: Annotated[
+        Path | None, out_option("write a PNG of the schedule here (a folder: FOLDER/NAME.png)")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print a table (or write a PNG) of any LR schedule. Schedule settings go in --set, e.g. -s warmup_tokens=1e7."""
@@ -214,7 +254,9 @@ def schedule(
     if plot is not None:
         from .plots import plot_schedule
 
-        plot_schedule({name: sample(sched, tokens, 512)}, plot, title=f"{name}, peak {lr:g}")
+        plot = plot_schedule(
+            {name: sample(sched, tokens, 512)}, plot_file(plot, name), title=f"{name}, peak {lr:g}"
+        )
     if as_json:
         print_json({"schedule": name, "points": [{"tokens": t, "lr": v} for t, v in rows]})
         return
@@ -239,12 +281,15 @@ def coord_check(
     steps: Annotated[int, typer.Option(min=1, help="Adam steps to record")] = 4,
     lr: Annotated[
         float | None,
-        typer.Option(help="LR of the check, > 0 (default: the calibrated one, larger than training)"),
+        number_option("LR of the check (default: the calibrated one, larger than training)", POSITIVE),
     ] = None,
     tolerance: Annotated[
-        float, typer.Option(min=1, help="allowed growth of activations per doubling of width")
+        float, number_option("allowed growth of activations per doubling of width", Range(1))
     ] = 1.2,
-    plot: Annotated[Path | None, typer.Option(help="write a PNG of activations against width here")] = None,
+    plot: Annotated[
+        Path | None,
+        out_option("write a PNG of activations against width here (a folder: FOLDER/coord_check.png)"),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The muP coordinate check: exit status 1 when activations drift with width beyond the tolerance."""
@@ -256,14 +301,12 @@ def coord_check(
         raise ConfigError(f"--widths: {widths!r} must be comma-separated integers") from None
     if len(width_list) < 2 or width_list[0] < 1:
         raise ConfigError(f"--widths: {widths!r} needs at least two different positive widths")
-    if lr is not None and lr <= 0:
-        raise ConfigError(f"--lr: {lr} must be > 0")
     df = cc.coord_check(width_list, parametrization, steps=steps, **({"lr": lr} if lr is not None else {}))
     result = cc.verdict(df, tolerance)
     if plot is not None:
         from .plots import plot_coord_check
 
-        plot_coord_check(df, plot)
+        plot = plot_coord_check(df, plot_file(plot, "coord_check"))
     if as_json:
         print_json(result.to_dict())
     else:

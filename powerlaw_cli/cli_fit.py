@@ -11,11 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .bounds import POSITIVE, UNIT
 from .cli import (
     JsonOption,
     app,
     console,
     err_console,
+    number_option,
+    out_option,
     print_json,
     rows_table,
     sweep_progress,
@@ -68,10 +71,8 @@ def fit(
     ] = 1,
     band: Annotated[
         float,
-        typer.Option(
-            min=0,
-            max=1,
-            help="band: keep points within this relative margin of the best loss (0.0025 = 0.25%)",
+        number_option(
+            "band: keep points within this relative margin of the best loss (0.0025 = 0.25%)", UNIT
         ),
     ] = 0.0025,
     min_points: Annotated[
@@ -100,9 +101,7 @@ def fit(
     predict: Annotated[
         list[str], typer.Option(help="print every law at e.g. N=7e9 D=1.4e12 (repeat per variable)")
     ] = [],  # noqa: B006
-    out: Annotated[
-        Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")
-    ] = None,
+    out: Annotated[Path | None, out_option("output folder (default: DIR/fit or beside the table)")] = None,
     plots: Annotated[bool, typer.Option(help="write the figures")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -196,12 +195,12 @@ def export(
     fit_path: Annotated[
         Path, typer.Argument(metavar="FIT", help="fit.json, or a folder holding fit/fit.json")
     ],
-    tokens: Annotated[float, typer.Option(min=0, help="target run length, tokens (D)")],
+    tokens: Annotated[float, number_option("target run length, tokens (D)", POSITIVE)],
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="target batch, sequences (default: the fit's batch law)")
     ] = None,
     params: Annotated[
-        float | None, typer.Option(min=0, help="target non-embedding parameters N, for laws over N")
+        float | None, number_option("target non-embedding parameters N, for laws over N", POSITIVE)
     ] = None,
     seq_len: Annotated[
         int | None, typer.Option(min=1, help="target sequence length (steps; needed for lm-engine and torch)")
@@ -216,20 +215,16 @@ def export(
     loss_law: Annotated[
         str, typer.Option(help="loss law for the expected loss (auto: any that fits the target)")
     ] = "auto",
-    lr_max: Annotated[float, typer.Option(min=0, help="the Power schedule's cap")] = 0.02,
+    lr_max: Annotated[float, number_option("the Power schedule's cap", POSITIVE)] = 0.02,
     warmup_fraction: Annotated[
-        float, typer.Option(min=0, max=1, help="warmup as a fraction of the run (whole steps)")
+        float, number_option("warmup as a fraction of the run (whole steps)", UNIT)
     ] = 0.01,
     decay_fraction: Annotated[
-        float, typer.Option(min=0, max=1, help="decay as a fraction of the run (whole steps)")
+        float, number_option("decay as a fraction of the run (whole steps)", UNIT)
     ] = 0.1,
     decay_shape: Annotated[DecayShape, typer.Option(help="shape of the final decay")] = "exponential",
-    out: Annotated[
-        Path | None, typer.Option(help="write the recommendation to this file instead of stdout")
-    ] = None,
-    plot: Annotated[
-        Path | None, typer.Option(help="PNG of the target schedule (default: beside fit.json)")
-    ] = None,
+    out: Annotated[Path | None, out_option("write the recommendation to this file instead of stdout")] = None,
+    plot: Annotated[Path | None, out_option("PNG of the target schedule (default: beside fit.json)")] = None,
 ) -> None:
     """Recommended peak LR, batch size and loss for a target (batch, tokens) or (N, D), with intervals;
     the Power-scheduler constants and schedule when the LR law has the Power form."""
@@ -280,7 +275,7 @@ def demo(
         bool, typer.Option(help="a few runs only (sweeps/demo-quick.toml), for a fast end-to-end check")
     ] = False,
     spec: Annotated[Path | None, typer.Option(help="sweep file (default: sweeps/demo.toml)")] = None,
-    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
+    out: Annotated[Path | None, out_option("sweep directory (default: results/NAME)")] = None,
     workers: Annotated[int, typer.Option(min=0, help="runs at once (0: one per CPU core)")] = 0,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples of the fit")] = 1000,
 ) -> None:

@@ -10,12 +10,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from .bounds import NON_NEGATIVE, Range
 from .cli import (
     JsonOption,
     _fmt,
     app,
     console,
     kv_table,
+    number_option,
+    out_option,
     parse_assignments,
     print_json,
     rows_table,
@@ -23,18 +26,12 @@ from .cli import (
     user_errors,
     warn,
 )
-from .config import section_from_dict
 from .sweep_settings import Executor, LaunchConfig
 
 
-def launch_options(sweep_launch: LaunchConfig, items: list[str], workers: int | None) -> LaunchConfig:
-    """The sweep file's [launch] section with command-line overrides, validated like the file."""
-    import dataclasses
-
-    values = dataclasses.asdict(sweep_launch) | parse_assignments(items, "--set")
-    if workers is not None:
-        values["workers"] = workers
-    return section_from_dict(LaunchConfig, values, "launch")
+def launch_overrides(items: list[str], workers: int | None) -> dict[str, Any]:
+    """The command line's [launch] settings (``--set KEY=VALUE``, ``--workers``), for ``load_sweep``."""
+    return parse_assignments(items, "--set") | ({"workers": workers} if workers is not None else {})
 
 
 LAUNCH_KEYS = ", ".join(f.name for f in __import__("dataclasses").fields(LaunchConfig))
@@ -49,7 +46,7 @@ def plan(
         typer.Option("--set", "-s", help=f"override a launch setting KEY=VALUE; keys: {LAUNCH_KEYS}"),
     ] = [],  # noqa: B006
     throughput: Annotated[
-        float, typer.Option(min=1, help="sustained training FLOP/s per GPU, for GPU-hours")
+        float, number_option("sustained training FLOP/s per GPU, for GPU-hours", Range(1))
     ] = 1e14,
     max_array_size: Annotated[
         int | None, typer.Option(min=1, help="default: the cluster's MaxArraySize (1001 if unknown)")
@@ -64,12 +61,12 @@ def plan(
     from .slurm import cluster_limits
     from .spec import load_sweep
 
-    sweep = load_sweep(spec)
+    sweep = load_sweep(spec, launch_overrides(set_, None))
     if sweep.adaptive is not None:  # what its first round launches: later rounds depend on its results
         from .rounds import first_round
 
         sweep = dataclasses.replace(sweep, runs=first_round(sweep))
-    options = launch_options(sweep.launch, set_, None)
+    options = sweep.launch
     limits = cluster_limits(options.account)
     if max_array_size is not None:
         limits = dataclasses.replace(limits, max_array_size=max_array_size)
@@ -95,7 +92,7 @@ def launch(
     executor: Annotated[
         Executor, typer.Option(help="local: this machine; slurm: submitit job arrays; debug: in-process")
     ] = "local",
-    out: Annotated[Path | None, typer.Option(help="sweep directory (default: results/NAME)")] = None,
+    out: Annotated[Path | None, out_option("sweep directory (default: results/NAME)")] = None,
     workers: Annotated[
         int | None, typer.Option(min=0, help="local: runs at once (default: one per GPU, else CPU cores)")
     ] = None,
@@ -118,8 +115,8 @@ def launch(
     An adaptive sweep ([adaptive]) runs round after round (on Slurm, one round per launch unless --watch)."""
     from .spec import load_sweep
 
-    sweep = load_sweep(spec)
-    options = launch_options(sweep.launch, set_, workers)
+    sweep = load_sweep(spec, launch_overrides(set_, workers))
+    options = sweep.launch
     out = out or Path("results") / sweep.name
     if sweep.adaptive is not None:
         launch_rounds(sweep, out, executor, options, retry_failed, watch, as_json)
@@ -199,7 +196,7 @@ def status(
     sweep_dir: Annotated[Path, typer.Argument(help="sweep directory")],
     watch: Annotated[bool, typer.Option(help="refresh until nothing is queued or running")] = False,
     interval: Annotated[
-        float, typer.Option(min=0, help="seconds between polls with --watch (at least 30 on Slurm)")
+        float, number_option("seconds between polls with --watch (at least 30 on Slurm)", NON_NEGATIVE)
     ] = 30.0,
     as_json: JsonOption = False,
 ) -> None:

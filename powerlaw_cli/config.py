@@ -21,10 +21,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from .bounds import FINITE
 from .errors import PlsweepError
 
 ScheduleName = Literal["constant", "cosine", "cyclic_cosine", "inverse_sqrt", "wsd", "wsd_s", "power"]
@@ -33,6 +35,8 @@ DataSource = Literal["synthetic", "tokens", "text", "stdlib"]
 AveragingKind = Literal["none", "ema", "anytime", "tail"]
 Parametrization = Literal["mup", "sp"]
 WeightDecayRule = Literal["coupled", "independent"]
+MAX_MLP_RATIO = 1024
+"""Above this an MLP ratio is a typo, and its parameter and FLOP counts leave the float range."""
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
 
 
@@ -126,7 +130,7 @@ class ModelConfig(Section):
                 f"must be divisible by n_heads={self.n_heads}",
             )
         require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
-        require(self.mlp_ratio > 0, "model", "mlp_ratio", "must be > 0")
+        require(0 < self.mlp_ratio <= MAX_MLP_RATIO, "model", "mlp_ratio", f"must be in (0, {MAX_MLP_RATIO}]")
         require(self.init_std > 0, "model", "init_std", "must be > 0")
 
     @property
@@ -494,7 +498,8 @@ def coerce_section(section_type: type, raw: dict[str, Any], where: str) -> dict[
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation; ints written as 1e6 become ints."""
+    """Check ``value`` against a field annotation; ints written as 1e6 become ints. Every number is finite
+    (``bounds.FINITE``: no inf or nan, integers within 64 bits); ranges are the sections' own checks."""
     origin = get_origin(annotation)
     if origin is Literal:
         choices = get_args(annotation)
@@ -514,14 +519,18 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is int:
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return FINITE.check(value, where, ConfigError)
     if annotation is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            value = math.inf
+        return FINITE.check(value, where, ConfigError)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, get_args
 
+from .bounds import POSITIVE, UNIT
 from .config import DecayShape
 from .fit_spec import FitError
 from .schedules import PowerSchedule
@@ -150,17 +151,17 @@ def _trainer_note(s: dict[str, Any]) -> str:
 
 def _check(batch_size, tokens, seq_len, params, lr_max, warmup, decay, shape, final_ratio) -> None:
     checks = [
-        (math.isfinite(tokens) and tokens > 0, f"--tokens {tokens:g}: must be a positive number"),
+        (POSITIVE.holds(tokens), f"--tokens {tokens:g}: must be {POSITIVE.describe()}"),
         (batch_size is None or batch_size >= 1, f"--batch-size {batch_size}: must be at least 1"),
         (seq_len is None or seq_len >= 1, f"--seq-len {seq_len}: must be at least 1"),
-        (params is None or (math.isfinite(params) and params > 0), f"--params {params}: must be positive"),
-        (math.isfinite(lr_max) and lr_max > 0, f"--lr-max {lr_max:g}: must be positive"),
+        (params is None or POSITIVE.holds(params), f"--params {params}: must be {POSITIVE.describe()}"),
+        (POSITIVE.holds(lr_max), f"--lr-max {lr_max:g}: must be {POSITIVE.describe()}"),
         (
-            0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1,
+            UNIT.holds(warmup) and UNIT.holds(decay) and warmup + decay <= 1,
             f"--warmup-fraction {warmup:g} and --decay-fraction {decay:g}: each in [0, 1], together at most 1",
         ),
         (shape in DECAY_SHAPES, f"--decay-shape {shape!r}: valid: {', '.join(DECAY_SHAPES)}"),
-        (0 <= final_ratio <= 1, f"final ratio {final_ratio:g}: must be in [0, 1]"),
+        (UNIT.holds(final_ratio), f"final ratio {final_ratio:g}: must be in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import bounds
 from .fit_spec import BATCH_UNITS, BatchUnit, FitError, canonical
 from .schema import RUN_COLUMNS, STATUSES
 
 POSITIVE = ("lr", "batch_size", "tokens", "params_non_embedding", "seq_len")
-"""Columns that must be positive numbers wherever the table has them."""
+"""Columns that must be finite positive numbers wherever the table has them."""
 
 
 def parse_pairs(items: list[str] | None, what: str = "--col") -> dict[str, str]:
@@ -105,6 +106,7 @@ def prepare_runs(
     runs["loss"] = pd.to_numeric(loss, errors="coerce").astype(float)
     _check_positive(runs, source)
     _set_status(runs, source)
+    _check_loss(runs, loss, source, loss_name)
     _set_batch(runs, source, batch_unit, seq_len)
     if not (runs["status"] == "ok").any():
         raise FitError(f"{source}: no run finished with a finite loss in {loss_name!r}")
@@ -133,9 +135,30 @@ def _check_positive(runs: pd.DataFrame, table: str) -> None:
     for name in POSITIVE:
         if name not in runs:
             continue
-        runs[name] = pd.to_numeric(runs[name], errors="coerce").astype(float)
-        if runs[name].isna().any() or (runs[name] <= 0).any():
-            raise FitError(f"{table}: column {name!r} has missing, non-numeric or non-positive values")
+        raw = runs[name]
+        runs[name] = pd.to_numeric(raw, errors="coerce").astype(float)
+        _check_cells(runs[name], raw, bounds.POSITIVE, f"{table}: column {name!r}")
+
+
+def _check_loss(runs: pd.DataFrame, raw: pd.Series, table: str, loss_name: str) -> None:
+    """A loss is never negative, and a run counted as finished (status ok) has a finite one; a diverged or
+    failed run's loss may be missing or infinite."""
+    where = f"{table}: column {loss_name!r}"
+    negative = (runs["loss"] < 0).to_numpy()
+    _check_cells(
+        runs["loss"], raw, bounds.NON_NEGATIVE, where, negative | (runs["status"] == "ok").to_numpy()
+    )
+
+
+def _check_cells(
+    values: pd.Series, raw: pd.Series, rule: bounds.Range, where: str, rows: np.ndarray | None = None
+) -> None:
+    """Every value (of ``rows``, default all) holds ``rule``, else one line naming the first bad row
+    (counted from 1, the header not counted) and its value as the table gives it."""
+    bad = ~rule.mask(values.to_numpy()) & (True if rows is None else rows)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FitError(f"{where}, row {i + 1}: must be {rule.describe()}, got {raw.iloc[i]}")
 
 
 def _set_status(runs: pd.DataFrame, table: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .fit_laws import FitError, Prediction, predict_law
+from .fit_schema import check_fit
 from .store import atomic_write
 
 if TYPE_CHECKING:
@@ -38,15 +39,16 @@ def find_fit(path: str | Path) -> Path:
 
 
 def read_fit(path: str | Path) -> dict:
-    """Read the ``fit.json`` that ``path`` names (see ``find_fit``)."""
+    """Read the ``fit.json`` that ``path`` names (see ``find_fit``), checked against ``fit_schema``: a key
+    missing or of the wrong kind is one line naming the file and the key."""
     found = find_fit(path)
     try:
         data = json.loads(found.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FitError(f"{found}: not a valid fit.json ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("laws"), dict):
-        raise FitError(f"{found}: not a fit.json of plsweep (no laws)")
-    return data
+    except RecursionError:
+        raise FitError(f"{found}: not a valid fit.json (nested too deeply)") from None
+    return check_fit(data, str(found))
 
 
 def predict(

@@ -15,8 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG (creating parent folders) and close it."""
+    """Write ``fig`` as a PNG (creating parent folders) and close it; return the file written (a path
+    without a suffix gets ``.png``, as matplotlib adds it)."""
     path = Path(path)
+    path = path if path.suffix else path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -37,7 +37,7 @@ from .config import (
     stable_hash,
 )
 from .schedules import build_schedule
-from .sweep_settings import AdaptiveSettings, LaunchConfig
+from .sweep_settings import AdaptiveSettings, LaunchConfig, override_launch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,22 +80,51 @@ class Sweep:
         return stable_hash({"name": self.name, "runs": sorted(run.run_id for run in self.runs)})
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read, validate and expand a sweep file; every error is one line naming the file and setting."""
+def load_sweep(path: str | Path, launch_overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read, validate and expand a sweep file; every error is one line naming the file and setting.
+
+    ``launch_overrides``: ``[launch]`` settings from the command line, applied before the grid is counted
+    (so that ``--set max_runs=N`` is the limit the guard uses).
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the sweep file ({err.strerror})") from None
+    return parse_sweep(parse_toml(text, str(path)), path, text, launch_overrides)
+
+
+MAX_NESTING = 32
+"""Tables and lists nested deeper than this are refused (a sweep file needs 5 levels: grid.zip[i].a.b list)."""
+
+
+class InvalidToml(ConfigError):
+    """Text that is not TOML (``--set`` takes such a value as a plain string)."""
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """Parse TOML text from a file or an option: one line naming ``where`` for text that is not TOML
+    (``InvalidToml``) and for tables or lists nested deeper than ``MAX_NESTING``, never a RecursionError."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    return parse_sweep(data, path, text)
+        raise InvalidToml(f"{where}: invalid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: tables or lists nested too deeply to parse") from None
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{where}: tables and lists nested more than {MAX_NESTING} levels deep")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return data
 
 
-def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
-    """Validate the parsed TOML of a sweep file and expand it."""
+def parse_sweep(
+    data: dict[str, Any], path: Path, text: str = "", launch_overrides: dict[str, Any] | None = None
+) -> Sweep:
+    """Validate the parsed TOML of a sweep file and expand it (``launch_overrides``: see ``load_sweep``)."""
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]; valid sections: {', '.join(TOP_LEVEL)}")
@@ -116,7 +145,9 @@ def parse_sweep(data: dict[str, Any], path: Path, text: str = "") -> Sweep:
     ) in SECTION_TYPES.items():  # names and types: errors name the file, not a grid point
         coerce_section(section_type, base[section], f"{path}: {section}")
     launch = section_from_dict(LaunchConfig, data.get("launch", {}), f"{path}: launch")
-    axes = parse_grid(data.get("grid", {}), path)
+    if launch_overrides:
+        launch = override_launch(launch, launch_overrides)
+    axes = parse_grid(data.get("grid", {}), path, launch.max_runs, base["schedule"])
     runs, duplicates = expand(base, axes, path)
     flat_axes = {key: values for group in axes for key, values in group.items()}
     sweep = Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
@@ -142,9 +173,16 @@ def _resolve_data_path(data: dict[str, dict[str, Any]], spec_path: Path) -> dict
     return data
 
 
-def parse_grid(grid: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
-    """Grid axes as groups: one group per ordinary axis, one per [[grid.zip]] entry."""
-    groups: list[dict[str, list[Any]]] = []
+def parse_grid(
+    grid: dict[str, Any], path: Path, max_runs: int = LaunchConfig.max_runs, schedule: dict | None = None
+) -> list[dict[str, list[Any]]]:
+    """Grid axes as groups: one group per ordinary axis, one per [[grid.zip]] entry.
+
+    The runs are counted from the axes' lengths first (a range's ``num``, never its values; a wsd_s base
+    ``schedule`` multiplies them by its decay points): a grid of more than ``max_runs`` runs is refused
+    before any value of an axis is made.
+    """
+    groups: list[dict[str, tuple[Any, str]]] = []
     for section, entries in grid.items():
         if section == "zip":
             groups.extend(_parse_zip(entries, path))
@@ -156,16 +194,30 @@ def parse_grid(grid: dict[str, Any], path: Path) -> list[dict[str, list[Any]]]:
             )
         for name, axis in entries.items():
             key = f"{section}.{name}"
-            groups.append({key: axis_values(axis, f"{path}: grid.{key}")})
-    return groups
+            groups.append({key: (axis, f"{path}: grid.{key}")})
+    lengths = [axis_length(*next(iter(group.values()))) for group in groups]
+    per_point = _runs_per_point(schedule or {}, {key for group in groups for key in group})
+    count = math.prod(lengths) * per_point
+    if count > max_runs:
+        labels = [next(iter(g)) if len(g) == 1 else f"zip({', '.join(g)})" for g in groups]
+        parts = [f"{label} {n:,}" for label, n in zip(labels, lengths, strict=True)]
+        parts += [f"{per_point} decay points"] if per_point > 1 else []
+        raise ConfigError(
+            f"{path}: the grid has {count:,} runs ({' x '.join(parts)}), more than launch.max_runs = "
+            f"{max_runs:,}; shrink the grid, or raise max_runs in [launch] if you mean it"
+        )
+    return [{key: axis_values(axis, where) for key, (axis, where) in group.items()} for group in groups]
 
 
-def _parse_zip(entries: Any, path: Path) -> list[dict[str, list[Any]]]:
+def _parse_zip(entries: Any, path: Path) -> list[dict[str, tuple[Any, str]]]:
+    """The [[grid.zip]] groups, {key: (axis, where)} each, their axes of equal (counted) lengths."""
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: grid.zip: write zipped axes as [[grid.zip]] tables")
     groups = []
     for i, entry in enumerate(entries):
-        group: dict[str, list[Any]] = {}
+        group: dict[str, tuple[Any, str]] = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: grid.zip[{i}]: write zipped axes as [[grid.zip]] tables")
         for section, fields in entry.items():
             if section not in SECTION_NAMES or not isinstance(fields, dict):
                 raise ConfigError(
@@ -173,13 +225,40 @@ def _parse_zip(entries: Any, path: Path) -> list[dict[str, list[Any]]]:
                     f"{', '.join(SECTION_NAMES)}"
                 )
             for name, axis in fields.items():
-                group[f"{section}.{name}"] = axis_values(axis, f"{path}: grid.zip[{i}].{section}.{name}")
-        lengths = {key: len(values) for key, values in group.items()}
+                group[f"{section}.{name}"] = (axis, f"{path}: grid.zip[{i}].{section}.{name}")
+        lengths = {key: axis_length(*axis) for key, axis in group.items()}
         if len(set(lengths.values())) > 1:
             raise ConfigError(f"{path}: grid.zip[{i}]: zipped axes need equal lengths, got {lengths}")
         if group:
             groups.append(group)
     return groups
+
+
+def _runs_per_point(schedule: dict[str, Any], keys: set[str]) -> int:
+    """Runs per grid point: a wsd_s sweep without a tokens axis has one per decay point of its base."""
+    points = schedule.get("decay_points")
+    wsd_s = schedule.get("name") == "wsd_s" or "schedule.name" in keys
+    if wsd_s and "training.tokens" not in keys and isinstance(points, list) and points:
+        return len(points)
+    return 1
+
+
+def axis_length(axis: Any, where: str) -> int:
+    """How many values an axis has, counted without making them (an axis that is not one of
+    ``RANGE_FORMS`` counts 1: ``axis_values`` names its error)."""
+    if isinstance(axis, list):
+        return len(axis)
+    if not isinstance(axis, dict):
+        return 1
+    if "num" in axis:
+        return _count(axis["num"], where)
+    if set(axis) == {"pow2"}:
+        try:
+            lo, hi = _pair(axis["pow2"], where)
+            return max(math.floor(math.log2(hi)) - math.ceil(math.log2(lo)) + 1, 1)
+        except (TypeError, ValueError, OverflowError):
+            return 1
+    return 1
 
 
 def axis_values(axis: Any, where: str) -> list[Any]:
@@ -292,6 +371,12 @@ def _configs_at(
     for (
         run
     ) in runs:  # an impossible schedule fails here, before anything is submitted (the LR cannot make it so)
+        if run.training.tokens < run.batch_tokens:
+            raise ConfigError(
+                f"{where}: training.tokens: {run.training.tokens} is less than one batch (training.batch_size "
+                f"{run.training.batch_size} x model.seq_len {run.model.seq_len} = {run.batch_tokens} tokens); "
+                "a run trains whole batches, so raise tokens or lower the batch"
+            )
         key = (id(run.schedule), run.training.tokens, run.training.batch_size)
         if key in checked:
             continue

@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from .config import require, setting
+from .config import require, section_from_dict, setting
 
 InitialCells = Literal["corners", "cheapest", "all"]
 Executor = Literal["local", "slurm", "debug"]
@@ -132,11 +133,16 @@ class LaunchConfig:
         "(0: one per CPU for small models on the CPU, else 1); the local executor's workers already are N",
         identity=False,
     )
+    max_runs: int = setting(
+        1_000_000,
+        "refuse a sweep whose grid has more runs than this (counted from the axes, before anything is expanded)",
+        identity=False,
+    )
 
     def __post_init__(self) -> None:
-        for name in ("time_minutes", "array_parallelism", "runs_per_task"):
+        for name in ("time_minutes", "cpus_per_task", "array_parallelism", "runs_per_task", "max_runs"):
             require(getattr(self, name) > 0, "launch", name, "must be > 0")
-        for name in ("gpus_per_task", "cpus_per_task", "workers", "signal_seconds", "chains_at_once"):
+        for name in ("gpus_per_task", "workers", "signal_seconds", "chains_at_once"):
             require(getattr(self, name) >= 0, "launch", name, "must be >= 0")
         require(self.mem_gb >= 0, "launch", "mem_gb", "must be >= 0")
         # These values become #SBATCH lines of the job script: a restricted alphabet, never a control character.
@@ -167,3 +173,8 @@ class LaunchConfig:
                 "sbatch_extra",
                 f"{line!r}: plsweep sets --{match.group(1)} itself",
             )
+
+
+def override_launch(launch: LaunchConfig, overrides: dict[str, Any]) -> LaunchConfig:
+    """``launch`` with command-line overrides ({setting: value}), validated like the file's section."""
+    return section_from_dict(LaunchConfig, dataclasses.asdict(launch) | overrides, "launch")

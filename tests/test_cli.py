@@ -547,7 +547,7 @@ def test_export_prints_to_stdout_and_refuses_a_missing_fit(their_fit, tmp_path):
     ("args", "message"),
     [
         (["--tokens", "-1"], "--tokens"),
-        (["--tokens", "0"], "--tokens 0: must be a positive number"),
+        (["--tokens", "0"], "'--tokens': 0 must be a finite number > 0"),
         (["--tokens", "1e9", "--batch-size", "0"], "--batch-size"),
         (["--tokens", "1e9", "--decay-shape", "step"], "'step' is not one of"),
         (["--tokens", "1e9", "--format", "toml"], "'toml' is not one of"),

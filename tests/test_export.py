@@ -310,12 +310,15 @@ def test_poorly_determined_law_warns_in_every_format():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tokens": -1.0}, "--tokens -1: must be a positive number"),
-        ({"tokens": 0.0}, "--tokens 0: must be a positive number"),
+        ({"tokens": -1.0}, "--tokens -1: must be a finite number > 0"),
+        ({"tokens": 0.0}, "--tokens 0: must be a finite number > 0"),
+        ({"tokens": float("inf")}, "--tokens inf: must be a finite number > 0"),
+        ({"params": float("inf")}, "--params inf: must be a finite number > 0"),
         ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
         ({"decay_shape": "step"}, "--decay-shape 'step': valid: linear, cosine, 1-sqrt, exponential"),
         ({"warmup_fraction": 0.5, "decay_fraction": 0.6}, "together at most 1"),
-        ({"lr_max": 0.0}, "--lr-max 0: must be positive"),
+        ({"lr_max": 0.0}, "--lr-max 0: must be a finite number > 0"),
+        ({"lr_max": float("inf")}, "--lr-max inf: must be a finite number > 0"),
         ({"law": "nope"}, "the fit has no law 'nope'"),
         ({"law": "batch"}, "is a batch_opt law"),
     ],
