@@ -156,12 +156,17 @@ def snapshot_code(sweep_dir: SweepDir) -> Path:
     return root
 
 
+def local_lock(sweep_dir: SweepDir, launch_number: int) -> Path:
+    """The lock file a live local launch holds: its launcher and each of its workers (``runstate.lock_held``)."""
+    return sweep_dir.jobs_dir / "local" / f"launch-{launch_number}.lock"
+
+
 @contextlib.contextmanager
 def holding_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` while a local launch lives (``runstate.lock_held`` tests it)."""
+    """Hold a shared lock on ``path`` while a local launch lives; its workers hold it too until they exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH)
         yield
 
 
@@ -264,7 +269,7 @@ def submit(
         return Prepared(result)
     sweep_dir.write_tasks(number, tasks, task_options)
     prepared = Prepared(result, tasks, sorted(todo))
-    lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
+    lock = local_lock(sweep_dir, number)
     prepared.live.enter_context(holding_lock(lock))  # live before the launch lock is released
     sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
     return prepared
@@ -417,7 +422,10 @@ def run_local(
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     total = sum(len(task) for task in tasks)
-    pool = context.Pool(workers, initializer=init_worker, initargs=(slots, max(1, cores // workers)))
+    lock = str(local_lock(sweep_dir, launch_number))
+    pool = context.Pool(
+        workers, initializer=init_worker, initargs=(slots, max(1, cores // workers), os.getpid(), lock)
+    )
     try:
         pending = [
             pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))

@@ -3,19 +3,51 @@
 The pool's processes are spawned fresh; ``init_worker`` pins each to its GPU before torch touches
 CUDA and ignores Ctrl-C (the launcher handles it and terminates the pool, which sends SIGTERM:
 the running task then saves a checkpoint at its next step boundary, stops, and its process exits).
+
+Workers die with their launcher: on Linux the kernel sends each SIGTERM when the launcher ends, however
+it ends (kill -9, SIGTERM, SIGHUP of a dropped ssh session), so an orphan never trains on beside a
+relaunch. Until a worker has exited it holds its launch's lock file (shared, like the launcher), so the
+launch stays live (``runstate.lock_held``) and a relaunch does not take its runs while it saves them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import fcntl
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_held: list[Any] = []  # this worker's handle on its launch's lock file, open until the process exits
 
-def init_worker(slots: Any, threads: int) -> None:
-    """Pin this process to the GPU it takes from ``slots`` (None: CPU) and set its thread count."""
+
+def die_with(launcher: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent ``launcher`` dies (Linux; elsewhere a
+    no-op), and stop at once if it is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != launcher:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def hold_shared(lock: str) -> None:
+    """Hold ``lock`` (shared) for the rest of this process's life: its launch is live while it runs."""
+    handle = open(lock)  # noqa: SIM115 - kept open on purpose; the kernel drops the lock at exit
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    _held.append(handle)
+
+
+def init_worker(slots: Any, threads: int, launcher: int, lock: str) -> None:
+    """Die with ``launcher``, hold its launch's ``lock``, pin this process to the GPU it takes from
+    ``slots`` (None: CPU) and set its thread count."""
+    die_with(launcher)
+    hold_shared(lock)
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)

@@ -68,7 +68,8 @@ def task_is_live(entry: dict[str, Any], index: int, states: dict[str, str]) -> b
 
 
 def lock_held(path: str) -> bool:
-    """Is this lock file held by a running local launch? (The kernel drops the lock when it exits or dies.)"""
+    """Is this lock file held by a running local launch or one of its workers? (The kernel drops a lock when
+    its holder exits or dies.)"""
     try:
         handle = open(path)  # noqa: SIM115 - closed below, after the lock test
     except FileNotFoundError:
@@ -102,7 +103,7 @@ def sweep_state(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = j
     arrays: list[str] = []
     for entry in sweep_dir.launches():
         took = False
-        for index, task in enumerate(sweep_dir.tasks(entry["launch"])):
+        for index, task in enumerate(sweep_dir.tasks(entry["launch"], missing_ok=True)):
             for run_id in task:
                 if run_id in unsettled:
                     takers.setdefault(run_id, []).append((entry, index))

@@ -355,10 +355,31 @@ class SweepDir:
         atomic_write(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
 
     def _tasks_file(self, launch: int) -> dict[str, Any]:
-        return json.loads(self.tasks_path(launch).read_text())
+        """Launch N's task file, checked: a JSON object with an ``options`` object and ``tasks``, a list of
+        lists of run ids; anything else is one line naming the file and what to do."""
+        path = self.tasks_path(launch)
+        try:
+            data = json.loads(path.read_bytes())
+        except (UnicodeDecodeError, ValueError) as err:
+            data, why = None, f"not JSON ({' '.join(str(err).split())})"
+        else:
+            why = (
+                ""
+                if _is_tasks_file(data)
+                else "not a task file (expected {options: {...}, tasks: [[run ids]]})"
+            )
+        if why:
+            raise SweepDirError(
+                f"{path}: {why}; it lists the runs of launch {launch}'s tasks: restore it, or delete it to "
+                f"forget launch {launch} (its runs without a record are then launched again)"
+            )
+        return data
 
-    def tasks(self, launch: int) -> list[list[str]]:
-        """The run ids of every task of launch N."""
+    def tasks(self, launch: int, missing_ok: bool = False) -> list[list[str]]:
+        """The run ids of every task of launch N (``missing_ok``: none when its task file was deleted, which
+        forgets the launch)."""
+        if missing_ok and not self.tasks_path(launch).exists():
+            return []
         return self._tasks_file(launch)["tasks"]
 
     def task_options(self, launch: int) -> dict[str, Any]:
@@ -383,6 +404,16 @@ class SweepDir:
     def append_round(self, entry: dict[str, Any]) -> None:
         """Record an adaptive round: what it added, why, and what it cost."""
         _append_line(self.rounds_path, json_ready(entry))
+
+
+def _is_tasks_file(data: Any) -> bool:
+    """Is this the shape ``write_tasks`` writes: {options: {...}, tasks: [[run id, ...], ...]}?"""
+    if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+        return False
+    tasks = data.get("tasks")
+    return isinstance(tasks, list) and all(
+        isinstance(task, list) and all(isinstance(run_id, str) for run_id in task) for task in tasks
+    )
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
