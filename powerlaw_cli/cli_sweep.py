@@ -137,6 +137,8 @@ def launch(
 
 
 def print_launch(name: str, result: Any) -> None:
+    for line in result.orphans:
+        console.print(Text(line))
     console.print(
         f"sweep [bold]{name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
         f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks"
@@ -225,6 +227,8 @@ def status(
 
 
 def render_status(result: Any) -> None:
+    for line in result.orphans:
+        console.print(Text(line))
     counts = result.counts
     done = counts["finished"] + counts["diverged"] + counts["failed"]
     width = 40

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
 from .config import stable_hash
+from .orphans import array_comment, settle, write_ahead
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
@@ -58,6 +59,7 @@ class LaunchResult:
     tasks: int = 0
     array_ids: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    orphans: list[str] = field(default_factory=list)  # what was done with arrays of killed launches
 
 
 def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share_trunks: bool) -> None:
@@ -213,6 +215,7 @@ def submit(
     chains = plan_chains(sweep.runs, options.share_trunks)
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
     write_manifest(sweep_dir, sweep, chains, options.share_trunks)
+    orphans = settle(sweep_dir)  # arrays a killed launch left: queued (adopted) or cancelled before counting
     state = sweep_state(sweep_dir)
     if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
         raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}")
@@ -227,6 +230,7 @@ def submit(
         len(todo),
         skipped_recorded=len(sweep.runs) - len(todo) - queued,
         skipped_queued=queued,
+        orphans=orphans,
     )
     if not todo:
         return Prepared(result)
@@ -252,14 +256,16 @@ def submit(
         if problem:
             raise SubmitError(f"{sweep_dir.root}: {problem}")
         sweep_dir.write_tasks(number, tasks, task_options)
-        submission, error = submit_slurm(
-            sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
-        )
+        code = snapshot_code(sweep_dir)
+        params = slurm_parameters(options, sweep.name, code)
+        intent = write_ahead(sweep_dir, entry, params["job_name"], len(tasks), limits.max_array_size, code)
+        submission, error = submit_slurm(sweep_dir, intent, params)
         submitted = len(submission["task_jobs"])
         if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
             sweep_dir.write_tasks(number, tasks[:submitted], task_options)
         if submitted:
             sweep_dir.append_launch(entry | submission)
+        sweep_dir.clear_intent(number)
         if error:
             raise SubmitError(
                 f"{sweep_dir.root}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
@@ -343,9 +349,10 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
 
 
 def submit_slurm(
-    sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str, array_limit: int
+    sweep_dir: SweepDir, intent: dict[str, Any], params: dict[str, Any]
 ) -> tuple[dict[str, Any], str]:
-    """Submit ``n_tasks`` tasks as job arrays of at most ``array_limit`` (MaxArraySize) tasks.
+    """Submit the ``n_tasks`` tasks of write-ahead entry ``intent`` as job arrays of at most its
+    ``max_array_size`` (MaxArraySize) tasks, each tagged with its ``orphans.array_comment``.
 
     Returns the job ids per task of the arrays that went out, and the sbatch error that stopped the
     submission ("" when every array went out): arrays submitted before a failure are never forgotten,
@@ -356,13 +363,15 @@ def submit_slurm(
 
     from .worker import SlurmTask
 
-    code = snapshot_code(sweep_dir)
+    launch_number, n_tasks, array_limit = intent["launch"], intent["n_tasks"], intent["max_array_size"]
     root = str(sweep_dir.root.resolve())  # tasks do not start in this process's working directory
     try:
         executor = submitit.SlurmExecutor(folder=sweep_dir.jobs_dir / "%j", max_num_timeout=1000)
     except RuntimeError as err:  # submitit: no srun on PATH
         raise SubmitError(f"{sweep_dir.root}: cannot submit to Slurm from here: {err}") from None
-    executor.update_parameters(**slurm_parameters(options, name, code))
+    executor.update_parameters(**params)
+    extra = params["additional_parameters"]
+    theirs = f" {extra['comment']}" if isinstance(extra.get("comment"), str) else ""  # sbatch_extra's
     task_jobs: list[str] = []
     array_ids: list[str] = []
     error = ""
@@ -370,6 +379,8 @@ def submit_slurm(
     for start in range(0, n_tasks, array_limit):
         indices = list(range(start, min(start + array_limit, n_tasks)))
         before = set(os.listdir(sweep_dir.jobs_dir))
+        comment = array_comment(intent, start) + theirs
+        executor.update_parameters(additional_parameters={**extra, "comment": comment})
         try:  # submitit prints sbatch's complaint to stderr as well as raising it: keep only the exception
             with contextlib.redirect_stderr(io.StringIO()):
                 jobs = executor.map_array(
@@ -387,7 +398,7 @@ def submit_slurm(
         "task_jobs": task_jobs,
         "array_ids": array_ids,
         "max_array_size": array_limit,
-        "code": str(code),
+        "code": intent["code"],
     }, error
 
 
