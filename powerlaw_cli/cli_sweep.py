@@ -253,6 +253,14 @@ def render_status(result: Any) -> None:
         console.print(
             f"checkpoints (kept trunks and unfinished runs): {result.checkpoint_bytes / 1e6:.3g} MB"
         )
+    if counts["unknown"]:
+        console.print(
+            Text.assemble(
+                ("unknown", "yellow"),
+                f" {counts['unknown']}: the scheduler could not be asked whether their tasks are still queued "
+                "(they may be: do not relaunch them; plsweep status again when it answers)",
+            )
+        )
     for reason, n in sorted(result.lost.items(), key=lambda kv: -kv[1]):
         console.print(Text.assemble(("lost", "yellow"), f" {n}: {reason} (launch again to rerun)"))
     for bad in result.bad_records:

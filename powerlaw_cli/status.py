@@ -48,8 +48,8 @@ class SweepStatus:
 
     @property
     def done(self) -> bool:
-        """Nothing left queued or running."""
-        return self.counts["running"] == 0 and self.counts["pending"] == 0
+        """Nothing left queued or running (or that the scheduler could not be asked about)."""
+        return self.counts["running"] == self.counts["pending"] == self.counts["unknown"] == 0
 
     def to_dict(self) -> dict:
         return asdict(self) | {"done": self.done}

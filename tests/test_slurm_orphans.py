@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -121,3 +122,46 @@ def test_a_launch_killed_while_submitting_leaves_no_untracked_array(slurm_cluste
     assert len({array for array, _, _ in sent}) == {"before": call - 1, "after": call}[when], tagged
     for array, state, comment in sent:
         assert array in recorded or state not in QUEUED_STATES | RUNNING_STATES, (array, state, comment)
+
+
+def test_with_the_scheduler_unreachable_status_calls_queued_runs_unknown_not_lost(slurm_cluster, tmp_path):
+    """A held task, then a status whose slurm.conf names a controller and accounting daemon that do not
+    answer: its run is unknown (not lost, no advice to relaunch), the warning says why, and launch refuses."""
+    spec = write_spec(
+        tmp_path, "unreachable", "optimizer.lr = [1e-3]", training="batch_size = 8\ntokens = 1024"
+    )
+    out = tmp_path / "out"
+    held = plsweep(
+        "launch", spec, "--executor", "slurm", "--out", out, "-s", 'sbatch_extra=["--hold"]', "--json"
+    )
+    stdout, stderr = held.communicate(timeout=120)
+    assert held.returncode == 0, stderr
+    (array,) = json.loads(stdout)["array_ids"]
+    try:
+        conf = tmp_path / "elsewhere" / "slurm.conf"
+        conf.parent.mkdir()
+        text = slurm_cluster.conf_path.read_text()
+        for key in ("SlurmctldPort", "AccountingStoragePort"):
+            text = re.sub(rf"^{key}=\d+", f"{key}=1", text, flags=re.MULTILINE)  # nothing listens on port 1
+        conf.write_text(text)
+        env = {**os.environ, "SLURM_CONF": str(conf)}
+        shown = plsweep("status", out, "--json", env=env)
+        stdout, stderr = shown.communicate(timeout=300)
+        assert shown.returncode == 0, stderr
+        status = json.loads(stdout)
+        assert status["counts"]["unknown"] == 1 and status["counts"]["lost"] == 0 and not status["done"], (
+            status
+        )
+        assert "squeue failed" in status["warning"] and stderr.count("warning: ") == 1, stderr
+        text_status = plsweep("status", out, env={**env, "COLUMNS": "200"})
+        stdout, stderr = text_status.communicate(timeout=300)
+        assert text_status.returncode == 0, stderr
+        assert "unknown 1: the scheduler could not be asked" in stdout and "launch again" not in stdout, (
+            stdout
+        )
+        refused = plsweep("launch", spec, "--executor", "slurm", "--out", out, env=env)
+        _, stderr = refused.communicate(timeout=300)
+        assert refused.returncode == 2 and "cannot ask Slurm which tasks are still queued" in stderr, stderr
+        assert sweep_status(SweepDir(out)).counts["pending"] == 1  # the scheduler that answers: still queued
+    finally:
+        slurm_cluster.run(["scancel", array])
