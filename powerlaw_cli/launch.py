@@ -13,12 +13,14 @@ Nothing here imports torch (the local executor's workers do).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import shlex
 import shutil
@@ -35,6 +37,7 @@ import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
 from .config import stable_hash
+from .errors import PlsweepError
 from .orphans import array_comment, settle, write_ahead
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
@@ -433,14 +436,16 @@ def run_local(
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     total = sum(len(task) for task in tasks)
+    jobs: list[multiprocessing.pool.AsyncResult] = []
     lock = str(local_lock(sweep_dir, launch_number))
     pool = context.Pool(
         workers, initializer=init_worker, initargs=(slots, max(1, cores // workers), os.getpid(), lock)
     )
     try:
-        pending = [
+        jobs = [
             pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))
         ]
+        pending = jobs
         while pending:
             pending = [job for job in pending if not job.ready()]
             if on_progress is not None:
@@ -453,6 +458,29 @@ def run_local(
         raise
     finally:
         pool.join()
+    stopped = [job for job in jobs if not job.successful()]
+    if stopped:
+        raise TaskError(
+            f"{sweep_dir.root}: {len(stopped)} of {len(tasks)} tasks of launch {launch_number} stopped: "
+            f"{why_stopped(stopped[0])}; launch again once that is fixed (recorded runs are kept)"
+        )
+
+
+class TaskError(PlsweepError):
+    """A local task stopped with an error of its machine (a full disk), not of a run; one line."""
+
+
+def why_stopped(job: multiprocessing.pool.AsyncResult) -> str:
+    """A failed task's error in one line, with the errno's name for an OSError (ENOSPC: a full disk)."""
+    try:
+        job.get(0)
+    except OSError as err:
+        name = errno.errorcode.get(err.errno or 0, "")
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror or err} ({name}){where}" if name else str(err)
+    except Exception as err:
+        return " ".join(f"{type(err).__name__}: {err}".split())
+    return "no error"
 
 
 def recorded_in(sweep_dir: SweepDir, run_ids: list[str]) -> int:

@@ -12,6 +12,7 @@ launch stays live (``runstate.lock_held``) and a relaunch does not take its runs
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
@@ -79,7 +80,8 @@ def local_task(sweep_dir: str, launch: int, task: int) -> dict[str, int]:
         except StopRequested:
             return {}
         finally:
-            sys.stdout.flush(), sys.stderr.flush()
+            with contextlib.suppress(OSError):  # a full disk: the task's error says so
+                sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
             signal.signal(signal.SIGTERM, previous)  # between tasks SIGTERM ends the worker again

@@ -149,3 +149,65 @@ def test_a_killed_local_launch_takes_its_workers_with_it_and_relaunches_train_ea
             record
         )  # from the checkpoint saved at the kill
     assert sweep_status(sweep_dir).counts["finished"] == len(sweep.runs)
+
+
+# --- a full disk ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (skips where mounting is not allowed: not root, no tmpfs, a container without it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write into ``disk`` until it is full; the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for chunk in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * chunk)
+            except OSError:
+                continue
+    return filler
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mounts a tmpfs")
+def test_a_disk_that_fills_during_a_local_launch_is_named_and_a_relaunch_finishes(tmp_path, small_disk):
+    spec = tmp_path / "full.toml"
+    spec.write_text(LONG_RUNS.replace('name = "killed"', 'name = "full"'))
+    sweep = load_sweep(spec)
+    out = small_disk / "out"
+    sweep_dir = SweepDir(out)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "powerlaw_cli", "launch", str(spec), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        (run,) = sweep.runs
+        wait_for("the run to checkpoint", sweep_dir.checkpoint_path(run.run_id).exists)
+        filler = fill(small_disk)
+        _, stderr = launcher.communicate(timeout=DEADLINE)
+    finally:
+        launcher.kill()
+    lines = stderr.strip().splitlines()
+    assert launcher.returncode == 2 and len(lines) == 1, stderr
+    assert "1 of 1 tasks of launch 0 stopped: No space left on device (ENOSPC)" in lines[0], stderr
+    assert record_paths(sweep_dir) == []  # no record says the run failed: the disk did
+    filler.unlink()
+    again = launch(sweep, out, "local", LaunchConfig(workers=1))
+    assert again.runs_launched == 1 and again.counts == {"ok": 1}
+    assert json.loads(record_paths(sweep_dir)[0].read_text())["resumes"] == 1  # from the last checkpoint
