@@ -5,15 +5,15 @@ submitted, so two launches of one sweep never submit the same runs. It writes th
 manifest, asks ``runstate`` which runs need work (lost ones; failed ones only with ``retry_failed``),
 packs whole chains into tasks of about ``runs_per_task`` runs, and hands each task to an executor as
 (sweep directory, launch, task index). On Slurm it first checks that the tasks fit under the
-controller's limits, sends arrays of at most MaxArraySize tasks (indices restarting at 0) and returns
-at once; locally it runs the tasks with at most ``workers`` processes and returns when they are done.
-Nothing here imports torch (the local executor's workers do).
+controller's limits, writes a write-ahead entry and sends arrays of at most MaxArraySize tasks (indices
+restarting at 0), each tagged so that a launch killed while submitting leaves nothing untracked
+(``orphans``), and returns at once; locally it runs the tasks with at most ``workers`` processes (which die
+with it) and returns when they are done, failing with one line if a task stopped (a full disk). Nothing here imports torch (the local executor's workers do).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -37,7 +37,6 @@ import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
 from .config import stable_hash
-from .errors import PlsweepError
 from .orphans import array_comment, settle, write_ahead
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
@@ -262,7 +261,11 @@ def submit(
         code = snapshot_code(sweep_dir)
         params = slurm_parameters(options, sweep.name, code)
         intent = write_ahead(sweep_dir, entry, params["job_name"], len(tasks), limits.max_array_size, code)
-        submission, error = submit_slurm(sweep_dir, intent, params)
+        try:
+            submission, error = submit_slurm(sweep_dir, intent, params)
+        except SubmitError:  # refused before any sbatch (no srun here): nothing to settle later
+            sweep_dir.clear_intent(number)
+            raise
         submitted = len(submission["task_jobs"])
         if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
             sweep_dir.write_tasks(number, tasks[:submitted], task_options)
@@ -426,7 +429,7 @@ def run_local(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Run the tasks in at most ``workers`` processes (each pinned to one GPU when there are GPUs)."""
-    from .local import init_worker, local_task
+    from .local import TaskError, init_worker, local_task, why_stopped
 
     workers = min(workers or default_workers(), len(tasks))
     gpus = _visible_gpus()
@@ -464,23 +467,6 @@ def run_local(
             f"{sweep_dir.root}: {len(stopped)} of {len(tasks)} tasks of launch {launch_number} stopped: "
             f"{why_stopped(stopped[0])}; launch again once that is fixed (recorded runs are kept)"
         )
-
-
-class TaskError(PlsweepError):
-    """A local task stopped with an error of its machine (a full disk), not of a run; one line."""
-
-
-def why_stopped(job: multiprocessing.pool.AsyncResult) -> str:
-    """A failed task's error in one line, with the errno's name for an OSError (ENOSPC: a full disk)."""
-    try:
-        job.get(0)
-    except OSError as err:
-        name = errno.errorcode.get(err.errno or 0, "")
-        where = f": {err.filename}" if err.filename else ""
-        return f"{err.strerror or err} ({name}){where}" if name else str(err)
-    except Exception as err:
-        return " ".join(f"{type(err).__name__}: {err}".split())
-    return "no error"
 
 
 def recorded_in(sweep_dir: SweepDir, run_ids: list[str]) -> int:

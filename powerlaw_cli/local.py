@@ -8,6 +8,7 @@ Workers die with their launcher: on Linux the kernel sends each SIGTERM when the
 it ends (kill -9, SIGTERM, SIGHUP of a dropped ssh session), so an orphan never trains on beside a
 relaunch. Until a worker has exited it holds its launch's lock file (shared, like the launcher), so the
 launch stays live (``runstate.lock_held``) and a relaunch does not take its runs while it saves them.
+A task that raises (a full disk) fails the launch with one line (``TaskError``, ``why_stopped``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import PlsweepError
+
+if TYPE_CHECKING:
+    import multiprocessing.pool
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _held: list[Any] = []  # this worker's handle on its launch's lock file, open until the process exits
@@ -89,3 +96,20 @@ def local_task(sweep_dir: str, launch: int, task: int) -> dict[str, int]:
                 # Pool.terminate() sends SIGTERM once and then joins: the signal was spent on saving this
                 # task, so end the process as the signal would have, or the launcher waits forever.
                 raise SystemExit(0)
+
+
+class TaskError(PlsweepError):
+    """A local task stopped with an error of its machine (a full disk), not of a run; one line."""
+
+
+def why_stopped(job: multiprocessing.pool.AsyncResult) -> str:
+    """A failed task's error in one line, with the errno's name for an OSError (ENOSPC: a full disk)."""
+    try:
+        job.get(0)
+    except OSError as err:
+        name = errno.errorcode.get(err.errno or 0, "")
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror or err} ({name}){where}" if name else str(err)
+    except Exception as err:
+        return " ".join(f"{type(err).__name__}: {err}".split())
+    return "no error"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
 from powerlaw_cli.launch import launch
-from powerlaw_cli.spec import load_sweep
+from powerlaw_cli.spec import Sweep, load_sweep
 from powerlaw_cli.status import sweep_status
 from powerlaw_cli.store import SweepDir
 from powerlaw_cli.sweep_settings import LaunchConfig
@@ -72,6 +72,19 @@ LONG_RUNS = (
 )
 
 
+def start_launch(folder: Path, out: Path) -> tuple[Sweep, Path, subprocess.Popen]:
+    """``plsweep launch`` of LONG_RUNS into ``out`` with one worker, as a real process (output captured)."""
+    spec = folder / "long.toml"
+    spec.write_text(LONG_RUNS)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "powerlaw_cli", "launch", str(spec), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return load_sweep(spec), out, launcher
+
+
 def wait_for(what: str, predicate, deadline: float = DEADLINE) -> None:
     end = time.monotonic() + deadline
     while not predicate():
@@ -112,16 +125,8 @@ def run_lines(sweep_dir: SweepDir) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their launcher on Linux")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_killed_local_launch_takes_its_workers_with_it_and_relaunches_train_each_run_once(tmp_path, sig):
-    spec = tmp_path / "killed.toml"
-    spec.write_text(LONG_RUNS)
-    sweep = load_sweep(spec)
-    out = tmp_path / "out"
+    sweep, out, launcher = start_launch(tmp_path, tmp_path / "out")
     sweep_dir = SweepDir(out)
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "powerlaw_cli", "launch", str(spec), "--out", str(out), "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
         checkpoints = [sweep_dir.checkpoint_path(run.run_id) for run in sweep.runs]
         wait_for("the run to checkpoint", lambda: all(c.exists() for c in checkpoints))
@@ -129,7 +134,7 @@ def test_a_killed_local_launch_takes_its_workers_with_it_and_relaunches_train_ea
         workers = children(launcher.pid)
         assert len(workers) == 1, workers
         os.kill(launcher.pid, sig)
-        launcher.wait(timeout=DEADLINE)
+        launcher.communicate(timeout=DEADLINE)
     finally:
         launcher.kill()
     # Relaunch at once, as a user would, and again until every run is recorded: while the killed launch's
@@ -185,17 +190,8 @@ def fill(disk: Path) -> Path:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mounts a tmpfs")
 def test_a_disk_that_fills_during_a_local_launch_is_named_and_a_relaunch_finishes(tmp_path, small_disk):
-    spec = tmp_path / "full.toml"
-    spec.write_text(LONG_RUNS.replace('name = "killed"', 'name = "full"'))
-    sweep = load_sweep(spec)
-    out = small_disk / "out"
+    sweep, out, launcher = start_launch(tmp_path, small_disk / "out")
     sweep_dir = SweepDir(out)
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "powerlaw_cli", "launch", str(spec), "--out", str(out), "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
         (run,) = sweep.runs
         wait_for("the run to checkpoint", sweep_dir.checkpoint_path(run.run_id).exists)
