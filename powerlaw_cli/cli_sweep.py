@@ -134,6 +134,8 @@ def launch(
 
 
 def print_launch(name: str, result: Any) -> None:
+    for line in result.orphans:
+        console.print(Text(line))
     console.print(
         f"sweep [bold]{name}[/bold]: {result.runs_total} runs; {result.skipped_recorded} already "
         f"recorded, {result.skipped_queued} queued; launching {result.runs_launched} in {result.tasks} tasks"
@@ -222,6 +224,8 @@ def status(
 
 
 def render_status(result: Any) -> None:
+    for line in result.orphans:
+        console.print(Text(line))
     counts = result.counts
     done = counts["finished"] + counts["diverged"] + counts["failed"]
     width = 40
@@ -245,6 +249,14 @@ def render_status(result: Any) -> None:
     if result.checkpoint_bytes:
         console.print(
             f"checkpoints (kept trunks and unfinished runs): {result.checkpoint_bytes / 1e6:.3g} MB"
+        )
+    if counts["unknown"]:
+        console.print(
+            Text.assemble(
+                ("unknown", "yellow"),
+                f" {counts['unknown']}: the scheduler could not be asked whether their tasks are still queued "
+                "(they may be: do not relaunch them; plsweep status again when it answers)",
+            )
         )
     for reason, n in sorted(result.lost.items(), key=lambda kv: -kv[1]):
         console.print(Text.assemble(("lost", "yellow"), f" {n}: {reason} (launch again to rerun)"))

@@ -5,9 +5,10 @@ submitted, so two launches of one sweep never submit the same runs. It writes th
 manifest, asks ``runstate`` which runs need work (lost ones; failed ones only with ``retry_failed``),
 packs whole chains into tasks of about ``runs_per_task`` runs, and hands each task to an executor as
 (sweep directory, launch, task index). On Slurm it first checks that the tasks fit under the
-controller's limits, sends arrays of at most MaxArraySize tasks (indices restarting at 0) and returns
-at once; locally it runs the tasks with at most ``workers`` processes and returns when they are done.
-Nothing here imports torch (the local executor's workers do).
+controller's limits, writes a write-ahead entry and sends arrays of at most MaxArraySize tasks (indices
+restarting at 0), each tagged so that a launch killed while submitting leaves nothing untracked
+(``orphans``), and returns at once; locally it runs the tasks with at most ``workers`` processes (which die
+with it) and returns when they are done, failing with one line if a task stopped (a full disk). Nothing here imports torch (the local executor's workers do).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import shlex
 import shutil
@@ -35,6 +37,7 @@ import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
 from .config import stable_hash
+from .orphans import array_comment, settle, write_ahead
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
 from .spec import Sweep
@@ -58,6 +61,7 @@ class LaunchResult:
     tasks: int = 0
     array_ids: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    orphans: list[str] = field(default_factory=list)  # what was done with arrays of killed launches
 
 
 def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share_trunks: bool) -> None:
@@ -156,12 +160,17 @@ def snapshot_code(sweep_dir: SweepDir) -> Path:
     return root
 
 
+def local_lock(sweep_dir: SweepDir, launch_number: int) -> Path:
+    """The lock file a live local launch holds: its launcher and each of its workers (``runstate.lock_held``)."""
+    return sweep_dir.jobs_dir / "local" / f"launch-{launch_number}.lock"
+
+
 @contextlib.contextmanager
 def holding_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` while a local launch lives (``runstate.lock_held`` tests it)."""
+    """Hold a shared lock on ``path`` while a local launch lives; its workers hold it too until they exit."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH)
         yield
 
 
@@ -208,6 +217,7 @@ def submit(
     chains = plan_chains(sweep.runs, options.share_trunks)
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
     write_manifest(sweep_dir, sweep, chains, options.share_trunks)
+    orphans = settle(sweep_dir)  # arrays a killed launch left: queued (adopted) or cancelled before counting
     state = sweep_state(sweep_dir)
     if not state.scheduler_known:  # guessing "not queued" would submit queued runs a second time
         raise SubmitError(f"{sweep_dir.root}: cannot ask Slurm which tasks are still queued: {state.warning}")
@@ -222,6 +232,7 @@ def submit(
         len(todo),
         skipped_recorded=len(sweep.runs) - len(todo) - queued,
         skipped_queued=queued,
+        orphans=orphans,
     )
     if not todo:
         return Prepared(result)
@@ -247,14 +258,20 @@ def submit(
         if problem:
             raise SubmitError(f"{sweep_dir.root}: {problem}")
         sweep_dir.write_tasks(number, tasks, task_options)
-        submission, error = submit_slurm(
-            sweep_dir, number, len(tasks), options, sweep.name, limits.max_array_size
-        )
+        code = snapshot_code(sweep_dir)
+        params = slurm_parameters(options, sweep.name, code)
+        intent = write_ahead(sweep_dir, entry, params["job_name"], len(tasks), limits.max_array_size, code)
+        try:
+            submission, error = submit_slurm(sweep_dir, intent, params)
+        except SubmitError:  # refused before any sbatch (no srun here): nothing to settle later
+            sweep_dir.clear_intent(number)
+            raise
         submitted = len(submission["task_jobs"])
         if submitted < len(tasks):  # keep the tasks file true to what went out; the rest stay unlaunched
             sweep_dir.write_tasks(number, tasks[:submitted], task_options)
         if submitted:
             sweep_dir.append_launch(entry | submission)
+        sweep_dir.clear_intent(number)
         if error:
             raise SubmitError(
                 f"{sweep_dir.root}: sbatch failed after {submitted} of {len(tasks)} tasks were submitted "
@@ -264,7 +281,7 @@ def submit(
         return Prepared(result)
     sweep_dir.write_tasks(number, tasks, task_options)
     prepared = Prepared(result, tasks, sorted(todo))
-    lock = sweep_dir.jobs_dir / "local" / f"launch-{number}.lock"
+    lock = local_lock(sweep_dir, number)
     prepared.live.enter_context(holding_lock(lock))  # live before the launch lock is released
     sweep_dir.append_launch({**entry, "host": socket.gethostname(), "pid": os.getpid(), "lock": str(lock)})
     return prepared
@@ -338,9 +355,10 @@ def slurm_parameters(options: LaunchConfig, name: str, code: Path) -> dict[str, 
 
 
 def submit_slurm(
-    sweep_dir: SweepDir, launch_number: int, n_tasks: int, options: LaunchConfig, name: str, array_limit: int
+    sweep_dir: SweepDir, intent: dict[str, Any], params: dict[str, Any]
 ) -> tuple[dict[str, Any], str]:
-    """Submit ``n_tasks`` tasks as job arrays of at most ``array_limit`` (MaxArraySize) tasks.
+    """Submit the ``n_tasks`` tasks of write-ahead entry ``intent`` as job arrays of at most its
+    ``max_array_size`` (MaxArraySize) tasks, each tagged with its ``orphans.array_comment``.
 
     Returns the job ids per task of the arrays that went out, and the sbatch error that stopped the
     submission ("" when every array went out): arrays submitted before a failure are never forgotten,
@@ -351,13 +369,15 @@ def submit_slurm(
 
     from .worker import SlurmTask
 
-    code = snapshot_code(sweep_dir)
+    launch_number, n_tasks, array_limit = intent["launch"], intent["n_tasks"], intent["max_array_size"]
     root = str(sweep_dir.root.resolve())  # tasks do not start in this process's working directory
     try:
         executor = submitit.SlurmExecutor(folder=sweep_dir.jobs_dir / "%j", max_num_timeout=1000)
     except RuntimeError as err:  # submitit: no srun on PATH
         raise SubmitError(f"{sweep_dir.root}: cannot submit to Slurm from here: {err}") from None
-    executor.update_parameters(**slurm_parameters(options, name, code))
+    executor.update_parameters(**params)
+    extra = params["additional_parameters"]
+    theirs = f" {extra['comment']}" if isinstance(extra.get("comment"), str) else ""  # sbatch_extra's
     task_jobs: list[str] = []
     array_ids: list[str] = []
     error = ""
@@ -365,6 +385,8 @@ def submit_slurm(
     for start in range(0, n_tasks, array_limit):
         indices = list(range(start, min(start + array_limit, n_tasks)))
         before = set(os.listdir(sweep_dir.jobs_dir))
+        comment = array_comment(intent, start) + theirs
+        executor.update_parameters(additional_parameters={**extra, "comment": comment})
         try:  # submitit prints sbatch's complaint to stderr as well as raising it: keep only the exception
             with contextlib.redirect_stderr(io.StringIO()):
                 jobs = executor.map_array(
@@ -382,7 +404,7 @@ def submit_slurm(
         "task_jobs": task_jobs,
         "array_ids": array_ids,
         "max_array_size": array_limit,
-        "code": str(code),
+        "code": intent["code"],
     }, error
 
 
@@ -407,7 +429,7 @@ def run_local(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Run the tasks in at most ``workers`` processes (each pinned to one GPU when there are GPUs)."""
-    from .local import init_worker, local_task
+    from .local import TaskError, init_worker, local_task, why_stopped
 
     workers = min(workers or default_workers(), len(tasks))
     gpus = _visible_gpus()
@@ -417,11 +439,16 @@ def run_local(
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     total = sum(len(task) for task in tasks)
-    pool = context.Pool(workers, initializer=init_worker, initargs=(slots, max(1, cores // workers)))
+    jobs: list[multiprocessing.pool.AsyncResult] = []
+    lock = str(local_lock(sweep_dir, launch_number))
+    pool = context.Pool(
+        workers, initializer=init_worker, initargs=(slots, max(1, cores // workers), os.getpid(), lock)
+    )
     try:
-        pending = [
+        jobs = [
             pool.apply_async(local_task, (str(sweep_dir.root), launch_number, i)) for i in range(len(tasks))
         ]
+        pending = jobs
         while pending:
             pending = [job for job in pending if not job.ready()]
             if on_progress is not None:
@@ -434,6 +461,12 @@ def run_local(
         raise
     finally:
         pool.join()
+    stopped = [job for job in jobs if not job.successful()]
+    if stopped:
+        raise TaskError(
+            f"{sweep_dir.root}: {len(stopped)} of {len(tasks)} tasks of launch {launch_number} stopped: "
+            f"{why_stopped(stopped[0])}; launch again once that is fixed (recorded runs are kept)"
+        )
 
 
 def recorded_in(sweep_dir: SweepDir, run_ids: list[str]) -> int:

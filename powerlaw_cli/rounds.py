@@ -224,7 +224,7 @@ def _next_step(
     runs = runs_so_far(sweep_dir)
     if runs:
         states = sweep_state(sweep_dir).runs.values()
-        if any(s.state in ("pending", "running") for s in states):
+        if any(s.state in ("pending", "running", "unknown") for s in states):
             return "busy", None, None
         if any(s.needs_launch(retry_failed) for s in states):
             prepared = submit(

@@ -8,6 +8,8 @@ recorded with its error and the next chain goes on.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import socket
 import traceback
@@ -27,6 +29,9 @@ from .schedules import build_schedule
 from .schema import setting_values
 from .store import atomic_write, write_run_files
 from .train import Control, Diverged, StopRequested, Trajectory, resolve_device
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+"""A write failed for want of disk space or quota: the machine's problem, not the run's."""
 
 
 def _schedule(run: RunConfig) -> Callable[[float], float]:
@@ -137,6 +142,8 @@ class ChainRunner:
         except StopRequested:
             raise  # preempted: the checkpoint is saved and the runs are not finished
         except Exception as err:  # a failed run is data: record it and go on with the next chain
+            if isinstance(err, OSError) and err.errno in NO_SPACE:
+                raise  # not the run's failure: the task stops, the launch names it, a relaunch resumes
             message = _one_line(err)
             if not isinstance(err, DataError):
                 traceback.print_exc()
@@ -251,9 +258,13 @@ class ChainRunner:
     # --- checkpoint file ----------------------------------------------------------------
 
     def _save(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint atomically. torch.save goes to memory first: writing into the file itself, it
+        turns a full disk into a RuntimeError that does not say so."""
         if self.checkpoint is None:
             return
-        atomic_write(self.checkpoint, lambda handle: torch.save({"chain": self.chain.key, **state}, handle))
+        buffer = io.BytesIO()
+        torch.save({"chain": self.chain.key, **state}, buffer)
+        atomic_write(self.checkpoint, buffer.getvalue())
 
     def _load(self) -> dict[str, Any] | None:
         if self.checkpoint is None or not self.checkpoint.exists():

@@ -12,6 +12,8 @@ A run's state comes from its trusted record when it has one, else from every lau
 - ``lost``: nothing will train it: never launched, its task was cancelled (before or while running),
   preempted, lost with its node, timed out without requeue, or its local launch died; or its record
   cannot be trusted. The next ``launch`` reruns it.
+- ``unknown``: its Slurm task may still be queued, but the scheduler could not be asked (neither sacct
+  nor squeue answered). Never rerun on a guess: ``launch`` refuses until the scheduler answers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from .slurm import CRASHED_STATES, QUEUED_STATES, RUNNING_STATES, JobStates, job_states
 from .store import RecordProblem, SweepDir, record_index
 
-STATES = ("finished", "diverged", "failed", "running", "pending", "lost")
+STATES = ("finished", "diverged", "failed", "running", "pending", "lost", "unknown")
 
 
 @dataclass
@@ -68,7 +70,8 @@ def task_is_live(entry: dict[str, Any], index: int, states: dict[str, str]) -> b
 
 
 def lock_held(path: str) -> bool:
-    """Is this lock file held by a running local launch? (The kernel drops the lock when it exits or dies.)"""
+    """Is this lock file held by a running local launch or one of its workers? (The kernel drops a lock when
+    its holder exits or dies.)"""
     try:
         handle = open(path)  # noqa: SIM115 - closed below, after the lock test
     except FileNotFoundError:
@@ -102,7 +105,7 @@ def sweep_state(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = j
     arrays: list[str] = []
     for entry in sweep_dir.launches():
         took = False
-        for index, task in enumerate(sweep_dir.tasks(entry["launch"])):
+        for index, task in enumerate(sweep_dir.tasks(entry["launch"], missing_ok=True)):
             for run_id in task:
                 if run_id in unsettled:
                     takers.setdefault(run_id, []).append((entry, index))
@@ -116,7 +119,7 @@ def sweep_state(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = j
         result.runs[run_id] = _state(
             records.get(run_id),
             takers.get(run_id, []),
-            answer.states,
+            answer,
             f"record not trusted: {problem.reason}" if problem else "",
         )
     return result
@@ -125,9 +128,10 @@ def sweep_state(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = j
 def _state(
     record: dict[str, Any] | None,
     takers: list[tuple[dict[str, Any], int]],
-    states: dict[str, str],
+    answer: JobStates,
     problem: str,
 ) -> RunState:
+    states = answer.states
     if record is not None and record["status"] != "failed":
         return RunState("finished" if record["status"] == "ok" else record["status"])
     live = [
@@ -150,6 +154,8 @@ def _state(
         )
     job = entry["task_jobs"][index]
     state = states.get(job, "")
+    if not state and not answer.known:
+        return RunState("unknown", f"the scheduler could not be asked about Slurm job {job}", entry, index)
     if state in CRASHED_STATES:
         return RunState("failed", f"Slurm job {job} ended {state} before the run was recorded", entry, index)
     return RunState(

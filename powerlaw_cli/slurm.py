@@ -211,3 +211,25 @@ def job_states(array_ids: list[str]) -> JobStates:
         problem = f"squeue failed ({why})"
         result.warning = f"{result.warning}; {problem}" if result.warning else problem
     return result
+
+
+def tagged_arrays(job_name: str, prefix: str) -> dict[str, str] | None:
+    """{array job id: comment} of this user's jobs named ``job_name`` whose ``--comment`` starts with
+    ``prefix``, queued, running or recently ended (what the controller still holds); None when squeue fails."""
+    done = _run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-n", job_name, "-o", "%F|%k"])
+    if done is None or done.returncode != 0:
+        return None
+    found = {}
+    for line in done.stdout.splitlines():
+        array, _, comment = line.strip().partition("|")
+        if comment.startswith(prefix):
+            found[array] = comment
+    return found
+
+
+def cancel(job_ids: list[str]) -> str:
+    """scancel these jobs (whole arrays for array ids); "" when it worked, else why not (one line)."""
+    done = _run(["scancel", *job_ids])
+    if done is None:
+        return "scancel not found or no answer"
+    return "" if done.returncode == 0 else " ".join((done.stderr or f"exit {done.returncode}").split())[:200]

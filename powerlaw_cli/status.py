@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .orphans import settle
 from .runstate import sweep_state
-from .slurm import JobStates, job_states
+from .slurm import JobStates, SubmitError, job_states
 from .store import SweepDir
 
 LOG_TAIL_LINES = 8
@@ -43,11 +44,12 @@ class SweepStatus:
     warning: str = ""
     rounds: list[dict] = field(default_factory=list)
     checkpoint_bytes: int = 0
+    orphans: list[str] = field(default_factory=list)  # arrays of killed launches adopted or cancelled now
 
     @property
     def done(self) -> bool:
-        """Nothing left queued or running."""
-        return self.counts["running"] == 0 and self.counts["pending"] == 0
+        """Nothing left queued or running (or that the scheduler could not be asked about)."""
+        return self.counts["running"] == self.counts["pending"] == self.counts["unknown"] == 0
 
     def to_dict(self) -> dict:
         return asdict(self) | {"done": self.done}
@@ -71,7 +73,16 @@ def _tail(path: Path | None) -> list[str]:
 
 
 def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = job_states) -> SweepStatus:
-    """The state of every run in the manifest (``query`` asks the scheduler, once, for all arrays)."""
+    """The state of every run in the manifest (``query`` asks the scheduler, once, for all arrays). The
+    arrays of a launch killed while submitting are settled first (``orphans.settle``) unless a launch is
+    submitting now."""
+    orphans, problem = [], ""
+    if sweep_dir.intents():
+        with sweep_dir.launch_lock(wait=False) as held:
+            try:
+                orphans = settle(sweep_dir) if held else []
+            except SubmitError as err:
+                problem = str(err)
     state = sweep_state(sweep_dir, query)
     failures = []
     for run_id, run in state.runs.items():
@@ -90,9 +101,10 @@ def sweep_status(sweep_dir: SweepDir, query: Callable[[list[str]], JobStates] = 
         failures,
         dict(lost),
         [str(p) for p in state.problems],
-        state.warning,
+        "; ".join(filter(None, [problem, state.warning])),
         rounds,
         disk,
+        orphans,
     )
 
 

@@ -8,6 +8,8 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       manifest.parquet            one row per run: run_id, trunk_id, every setting, config JSON
       tasks/launch-N.json         the run ids of every task of launch N, and its options
       launches.jsonl              one line per launch: executor, job ids per task
+      launching/launch-N.json     a Slurm launch's write-ahead entry, from before its first sbatch until
+                                  launches.jsonl records it (``orphans.py``: what a killed launch left)
       launch.lock                 held by the launch that is reading the state or submitting
       records.index.json          status, error, loss and file key of every trusted record (status, launch read it)
       rounds.jsonl                an adaptive sweep's rounds: what each added, why, at what cost
@@ -226,18 +228,22 @@ class SweepDir:
         return self._info
 
     @contextlib.contextmanager
-    def launch_lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def launch_lock(self, on_wait: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[bool]:
         """Hold the sweep's launch lock: one launch at a time reads the state, submits and records.
 
         A second launch waits (``on_wait`` gets one message naming the holder) until the first has
-        recorded what it submitted. The kernel releases the lock when its holder exits or dies; on a
-        shared file system it needs working ``flock`` (NFSv4, Lustre mounted with ``flock``, GPFS).
+        recorded what it submitted; without ``wait`` the context gets False at once instead (and holds
+        nothing). The kernel releases the lock when its holder exits or dies; on a shared file system it
+        needs working ``flock`` (NFSv4, Lustre mounted with ``flock``, GPFS).
         """
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.lock_path, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 if on_wait is not None:
@@ -247,7 +253,7 @@ class SweepDir:
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n")
             handle.flush()
-            yield
+            yield True
 
     # --- per-run files ----------------------------------------------------------------------
 
@@ -355,10 +361,31 @@ class SweepDir:
         atomic_write(self.tasks_path(launch), json.dumps({"options": options, "tasks": tasks}).encode())
 
     def _tasks_file(self, launch: int) -> dict[str, Any]:
-        return json.loads(self.tasks_path(launch).read_text())
+        """Launch N's task file, checked: a JSON object with an ``options`` object and ``tasks``, a list of
+        lists of run ids; anything else is one line naming the file and what to do."""
+        path = self.tasks_path(launch)
+        try:
+            data = json.loads(path.read_bytes())
+        except (UnicodeDecodeError, ValueError) as err:
+            data, why = None, f"not JSON ({' '.join(str(err).split())})"
+        else:
+            why = (
+                ""
+                if _is_tasks_file(data)
+                else "not a task file (expected {options: {...}, tasks: [[run ids]]})"
+            )
+        if why:
+            raise SweepDirError(
+                f"{path}: {why}; it lists the runs of launch {launch}'s tasks: restore it, or delete it to "
+                f"forget launch {launch} (its runs without a record are then launched again)"
+            )
+        return data
 
-    def tasks(self, launch: int) -> list[list[str]]:
-        """The run ids of every task of launch N."""
+    def tasks(self, launch: int, missing_ok: bool = False) -> list[list[str]]:
+        """The run ids of every task of launch N (``missing_ok``: none when its task file was deleted, which
+        forgets the launch)."""
+        if missing_ok and not self.tasks_path(launch).exists():
+            return []
         return self._tasks_file(launch)["tasks"]
 
     def task_options(self, launch: int) -> dict[str, Any]:
@@ -370,7 +397,45 @@ class SweepDir:
         return _read_lines(self.launches_path)
 
     def next_launch_number(self) -> int:
-        return max((entry["launch"] for entry in self.launches()), default=-1) + 1
+        """One more than any launch recorded, being submitted (write-ahead entry) or with a task file: a
+        number is never used twice, so no queued task of a killed launch reads another launch's task file."""
+        tasks = self.root / "tasks"
+        numbers = [entry["launch"] for entry in self.launches()] + [i["launch"] for i in self.intents()]
+        if tasks.is_dir():
+            numbers += [int(p.stem[7:]) for p in tasks.glob("launch-*.json") if p.stem[7:].isdigit()]
+        return max(numbers, default=-1) + 1
+
+    def intent_path(self, launch: int) -> Path:
+        return self.root / "launching" / f"launch-{launch}.json"
+
+    def write_intent(self, entry: dict[str, Any]) -> None:
+        """A Slurm launch's write-ahead entry (its number, tag, tasks), written before its first sbatch."""
+        atomic_write(self.intent_path(entry["launch"]), json.dumps(entry).encode())
+
+    def intents(self) -> list[dict[str, Any]]:
+        """The write-ahead entries of launches not (yet) in launches.jsonl, oldest first; one that cannot be
+        read is one line naming it."""
+        folder = self.root / "launching"
+        if not folder.is_dir():
+            return []
+        out = []
+        for path in sorted(folder.glob("launch-*.json"), key=lambda p: p.stat().st_mtime_ns):
+            try:
+                entry = json.loads(path.read_bytes())
+                why = "" if isinstance(entry, dict) and isinstance(entry.get("tag"), str) else "not an entry"
+            except (UnicodeDecodeError, ValueError) as err:
+                why = f"not JSON ({' '.join(str(err).split())})"
+            if why:
+                raise SweepDirError(
+                    f"{path}: {why}; it is the write-ahead entry of a Slurm launch killed while submitting: "
+                    "cancel its arrays (squeue --name plsweep-NAME -o '%F %k' shows their tags) and delete it"
+                )
+            out.append(entry)
+        return out
+
+    def clear_intent(self, launch: int) -> None:
+        """Remove launch N's write-ahead entry (recorded in launches.jsonl, or settled)."""
+        self.intent_path(launch).unlink(missing_ok=True)
 
     def append_launch(self, entry: dict[str, Any]) -> None:
         """Record a launch: its executor, tasks' job ids and options."""
@@ -383,6 +448,16 @@ class SweepDir:
     def append_round(self, entry: dict[str, Any]) -> None:
         """Record an adaptive round: what it added, why, and what it cost."""
         _append_line(self.rounds_path, json_ready(entry))
+
+
+def _is_tasks_file(data: Any) -> bool:
+    """Is this the shape ``write_tasks`` writes: {options: {...}, tasks: [[run id, ...], ...]}?"""
+    if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+        return False
+    tasks = data.get("tasks")
+    return isinstance(tasks, list) and all(
+        isinstance(task, list) and all(isinstance(run_id, str) for run_id in task) for task in tasks
+    )
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:

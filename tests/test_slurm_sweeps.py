@@ -199,6 +199,7 @@ def test_status_counts_follow_the_queue(many):
         "running": 0,
         "pending": 0,
         "lost": 0,
+        "unknown": 0,
     }
     finished = [c["finished"] for c in many.history]
     assert finished == sorted(finished)  # records are never lost on the way
@@ -324,6 +325,7 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
         "running": 0,
         "pending": 4,
         "lost": 0,
+        "unknown": 0,
     }, (status.counts, slurm_cluster.run(["squeue", "-a", "-r"], check=False).stdout)
     assert not status.done
     queued = launch(sweep, out, "slurm")
@@ -535,7 +537,15 @@ def test_a_task_cancelled_before_it_starts_is_lost_and_a_relaunch_reruns_it(slur
     while (status := sweep_status(sweep_dir)).counts["pending"]:
         assert time.monotonic() < deadline, status.counts
         time.sleep(0.5)
-    assert status.counts == {"finished": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0, "lost": 3}
+    assert status.counts == {
+        "finished": 0,
+        "diverged": 0,
+        "failed": 0,
+        "running": 0,
+        "pending": 0,
+        "lost": 3,
+        "unknown": 0,
+    }
     assert status.lost == {"Slurm task ended CANCELLED": 3} and not status.failures
     again = launch(sweep, out, "slurm")  # no --retry-failed: lost runs are not failures
     assert again.runs_launched == 3 and again.launch == 1
