@@ -192,11 +192,12 @@ def test_records_that_disagree_with_their_run_or_are_out_of_range_are_lost_and_l
 # --- state files: the index is a cache, the manifest the sweep's own ------------------------------------
 
 
-@pytest.mark.parametrize("index", ["[1, 2]", '{"RUN": 5}', '{"%s": {"key": 5}}', "null"])
+@pytest.mark.parametrize("index", ["[1, 2]", '{"RUN": 5}', '{"RUN": {"key": "KEY"}}', "null"])
 def test_an_index_of_the_wrong_shape_is_rebuilt(tiny_sweep_dir, index):
+    """RUN: a run of the sweep, KEY: its record file's key (so that only the entry's shape is wrong)."""
     sweep = SweepDir(tiny_sweep_dir)
-    run_id = record_paths(sweep)[0].stem
-    sweep.index_path.write_text(index.replace("%s", run_id))
+    run_id, (_, key) = next(iter(sweep.record_files().items()))
+    sweep.index_path.write_text(index.replace("RUN", run_id).replace("KEY", key))
     assert sweep_status(sweep).counts["finished"] == 16
     assert set(json.loads(sweep.index_path.read_text())) == set(sweep.record_files())
 
