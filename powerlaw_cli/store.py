@@ -18,7 +18,9 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       code/HASH/powerlaw_cli      the code snapshot Slurm workers run
       runs.parquet, curves.parquet   the records and curves as tables
 
-A run is finished when its record exists. ``records.index.json`` keeps each trusted record's status (for
+A run is finished when its trusted record exists: a regular file inside the directory (``inside``) that fits
+the runs schema and its run's manifest row (``trust``); the writer writes no other (``storable_record``).
+``records.index.json`` keeps each trusted record's status (for
 ``status`` and ``launch``) with its file's key (modification time, size, inode), so that they read only
 the records that are new or changed since they last looked; ``collect.py`` keeps such keys for
 ``runs.parquet``. Nothing here imports torch.
