@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_data import MALFORMED, T, ids, write
+from test_rounds import ADAPTIVE, write_spec
 from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
@@ -65,3 +66,15 @@ def test_plan_and_launch_refuse_data_a_worker_could_not_load_before_anything_is_
             f"error: data.path: '{odd}': 4001 bytes is not a multiple of 2 (data.dtype=uint16)"
         ), lines
     assert [p.name for p in out.iterdir()] == ["launch.lock"]  # nothing written, nothing submitted
+
+
+def test_an_adaptive_sweep_on_data_a_worker_could_not_load_plans_no_round(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.bin"
+    spec = write_spec(
+        tmp_path, ADAPTIVE.replace("[data]\n", f'[data]\nsource = "tokens"\npath = "{missing}"\n')
+    )
+    for args in (["plan", str(spec)], ["launch", str(spec), "--out", str(tmp_path / "out")]):
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == f"error: data.path: '{missing}': no such file or folder"
+    assert not (tmp_path / "out").exists()  # no round planned, nothing written
