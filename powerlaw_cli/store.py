@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
 import os
@@ -124,9 +125,7 @@ def inside(path: Path, root: Path, max_bytes: int) -> Path:
     checkpoints): no symlink leads out of it, and no FIFO, device or endless file can hang a command or
     fill its memory. Nothing is opened, so nothing blocks; ``read_inside`` also checks the open file.
     """
-    real, top = os.path.realpath(path), os.path.realpath(root)
-    if os.path.commonpath([real, top]) != top:
-        raise UntrustedFile(path, f"leads to {real}, outside {top}")
+    real = _resolved(path, root)
     try:
         _refuse(path, os.stat(real), max_bytes)
     except OSError as err:
@@ -135,19 +134,39 @@ def inside(path: Path, root: Path, max_bytes: int) -> Path:
 
 
 def read_inside(path: Path, root: Path, max_bytes: int) -> bytes:
-    """The bytes of ``path`` if ``inside`` trusts it; the file opened is checked again (never a symlink,
-    never waited on), so a swap between the check and the read is refused too."""
-    real = inside(path, root, max_bytes)
+    """The bytes of ``path`` if ``inside`` trusts it. The file is opened without following a symlink and
+    without waiting (a FIFO), and checked open, so a swap between the check and the read is refused too."""
+    real = _resolved(path, root)
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise UntrustedFile(path, f"unreadable ({err.strerror})") from None
-    with os.fdopen(fd, "rb") as handle:
-        _refuse(path, os.fstat(fd), max_bytes)
-        data = handle.read(max_bytes + 1)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        st = os.fstat(fd)
+        _refuse(path, st, max_bytes)
+        data = handle.read(st.st_size + 1)  # one more byte: a file that grows past its cap is refused too
     if len(data) > max_bytes:
         raise UntrustedFile(path, f"more than the {max_bytes} bytes such a file may have")
     return data
+
+
+def _resolved(path: Path, root: Path) -> str:
+    """``path`` with every symlink resolved, if that is inside ``root`` (resolved); else ``UntrustedFile``.
+    Folders are resolved once per process (a sweep's 256 ``runs/ab`` folders), a file only when it is a link."""
+    top = _real_folder(str(root))
+    folder = _real_folder(str(path.parent))
+    real = os.path.join(folder, path.name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+        folder = os.path.dirname(real)
+    if folder != top and not folder.startswith(top.rstrip(os.sep) + os.sep):
+        raise UntrustedFile(path, f"leads to {real}, outside {top}")
+    return real
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 def read_table(
