@@ -74,11 +74,17 @@ def _table_keys(path: Path, expected: pa.Schema, root: Path) -> dict[str, str] |
         return None
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as a runs-table row. A record written before a run-id setting became a column (an older
-    plsweep) gets that column from its config, so old and new records of one setting share one cell."""
+def _row(record: dict[str, Any], sweep: SweepDir) -> dict[str, Any]:
+    """A record as a runs-table row. A setting column the record lacks comes from its run's manifest row (a
+    failed record without a value it could not hold, ``store.storable_record``), else from its config (a
+    record of an older plsweep, from before the setting had a column), so every row has its run's settings
+    and old and new records of one setting share one cell."""
     row = {name: record.get(name) for name in RUNS_SCHEMA.names}
-    if record.get("config") is not None and any(c not in record for c in IDENTITY_COLUMNS):
+    missing = [column for column in IDENTITY_COLUMNS if row[column] is None]
+    if missing:
+        expected = sweep.manifest_settings().expected(record["run_id"]) or {}
+        row |= {column: expected[column] for column in missing if column in expected}
+    if record.get("config") is not None and any(row[c] is None for c in IDENTITY_COLUMNS):
         config = record["config"]
         try:
             derived = setting_values(
@@ -87,7 +93,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         # a config this plsweep cannot read: those columns stay null
         except (ValueError, TypeError, AttributeError):
             derived = {}
-        row |= {name: value for name, value in derived.items() if name not in record and name in row}
+        row |= {name: value for name, value in derived.items() if name in row and row[name] is None}
     for name in ("started_at", "finished_at"):
         if row[name] is not None:
             row[name] = datetime.fromisoformat(row[name])
@@ -122,7 +128,7 @@ def _update_runs_table(
         if isinstance(record, RecordProblem):
             problems.append(record)
             continue
-        rows.append(_row(record))
+        rows.append(_row(record, sweep))
         read.append(run_id)
     kept = [run_id for run_id in old_keys if run_id in files and run_id not in fresh_set]
     if not read and len(kept) == len(old_keys) and path.exists():
@@ -166,7 +172,7 @@ class ShardWriter:
         """A run just recorded (its record file's key and curve table, as ``write_result`` returns them);
         a record the runs schema refuses is left to collect to read and report."""
         if record_problem(record) is None:
-            self.rows.append(_row(record))
+            self.rows.append(_row(record, self.sweep))
             self.keys[record["run_id"]] = key
             if curve is not None:
                 self.curves.append(curve)

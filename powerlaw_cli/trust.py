@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from .schema import DERIVED_COLUMNS, SETTING_COLUMNS, derived_values
+from .schema import DERIVED_COLUMNS, SETTING_COLUMNS, derived_values, flat_setting_values
 
 
 class ManifestSettings:
@@ -56,6 +56,28 @@ class ManifestSettings:
             self._groups[group] = {name: part.column(name).to_pylist() for name in settings}
             start += rows
 
+    def _row(self, run_id: str) -> _Row | None:
+        """The settings of ``run_id``'s manifest row (None: the manifest has no such run)."""
+        self._locate()
+        if run_id not in self._where:
+            return None
+        group, row = self._where[run_id]
+        if group not in self._groups:
+            self.prefetch([run_id])
+        return _Row(self._groups[group], row)
+
+    def expected(self, run_id: str) -> dict[str, Any] | None:
+        """The settings columns of ``run_id``'s manifest row (those it has the settings for), or None when the
+        manifest has no such run."""
+        flat = self._row(run_id)
+        if flat is None:
+            return None
+        try:
+            return flat_setting_values(flat)
+        except KeyError:  # a manifest of an older plsweep, without some settings
+            plain = SETTING_COLUMNS.items()
+            return {c: flat[name] for name, c in plain if name in flat and c not in DERIVED_COLUMNS}
+
     def problem(self, record: dict[str, Any]) -> str | None:
         """Why ``record``'s settings are not its run's (None: they are). A column the record lacks (an older
         record, or a failed one that could not hold a value) is not compared, nor one the manifest lacks."""
@@ -63,26 +85,20 @@ class ManifestSettings:
         return f"{mismatch[0]} {mismatch[1]}"[:200] if mismatch else None
 
     def mismatch(self, record: dict[str, Any]) -> tuple[str, str] | None:
-        """(column, how it differs) for the first settings column of ``record`` that is not its run's."""
-        self._locate()
-        if record["run_id"] not in self._where:
+        """(column, how it differs) for the first settings column of ``record`` that is not its run's (compared
+        one by one, without building the row's columns: ~15 us a record)."""
+        flat = self._row(record["run_id"])
+        if flat is None:
             return "run_id", "is not a run of manifest.parquet"
-        group, row = self._where[record["run_id"]]
-        if group not in self._groups:
-            self.prefetch([record["run_id"]])
-        values = self._groups[group]
-        flat = _Row(values, row)
         try:
             derived = derived_values(flat)
         except KeyError:  # a manifest of an older plsweep, without some settings: compare the rest
             derived = {}
         for setting, column in SETTING_COLUMNS.items():
             have = record.get(column)
-            if have is None or (
-                column not in derived and (column in DERIVED_COLUMNS or setting not in values)
-            ):
+            if have is None or (column not in derived and (column in DERIVED_COLUMNS or setting not in flat)):
                 continue
-            want = derived[column] if column in derived else values[setting][row]
+            want = derived[column] if column in derived else flat[setting]
             if have != want:
                 return column, f"= {have!r} is not its run's {want!r} (manifest.parquet)"
         return None
@@ -96,6 +112,9 @@ class _Row(Mapping):
 
     def __getitem__(self, setting: str) -> Any:
         return self._columns[setting][self._row]
+
+    def __contains__(self, setting: object) -> bool:
+        return setting in self._columns
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._columns)

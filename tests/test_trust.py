@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from powerlaw_cli.cli import app
 from powerlaw_cli.collect import collect
+from powerlaw_cli.fit import load_runs
 from powerlaw_cli.launch import launch
 from powerlaw_cli.schema import RUN_COLUMNS
 from powerlaw_cli.spec import load_sweep
@@ -149,6 +150,11 @@ def test_a_run_whose_record_cannot_hold_a_setting_is_failed_not_retrained_on_eve
     assert failure.run_id == path.stem and "lr: missing (the value was inf)" in failure.error
     again = launch(load_sweep(tiny_spec), tiny_sweep_dir, "local", LaunchConfig(workers=1))
     assert again.runs_launched == 0 and again.skipped_recorded == 16
+    assert collect(sweep).runs == 16  # its row has its run's settings, from the manifest: the fit reads it
+    runs = load_runs(tiny_sweep_dir).set_index("run_id")
+    manifest = pq.read_table(sweep.manifest_path, columns=["run_id", "optimizer.lr"]).to_pydict()
+    assert runs.loc[path.stem, "status"] == "failed"
+    assert runs.loc[path.stem, "lr"] == dict(zip(*manifest.values(), strict=True))[path.stem]
 
 
 # --- a record must be its run's, with numbers in range -------------------------------------------------
