@@ -10,6 +10,7 @@ instead of the runs' own files while the keys still match.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +22,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import RunConfig
-from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, RUNS_SCHEMA, record_problem, setting_values
-from .store import RecordProblem, SweepDir, read_table, select_runs, write_table
+from .schema import CURVES_SCHEMA, IDENTITY_COLUMNS, REQUIRED, RUNS_SCHEMA, record_problem, setting_values
+from .store import (
+    LARGE_MAX_BYTES,
+    WHOLE_MAX_BYTES,
+    RecordProblem,
+    SweepDir,
+    UntrustedFile,
+    inside,
+    read_table,
+    select_runs,
+    write_table,
+)
 
 RECORD_KEYS = b"plsweep.record_keys.2"
 """Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from.
@@ -30,11 +41,12 @@ Its suffix changes when rows are built differently from the same records (2: set
 config), so a table written before is rebuilt once rather than trusted."""
 
 
-def read_curve(path: Path) -> pa.Table:
-    """A run's curve: ``.arrow`` (Arrow IPC), or the ``.parquet`` of plsweep before 0.2."""
+def read_curve(path: Path, root: Path) -> pa.Table:
+    """A run's curve: ``.arrow`` (Arrow IPC), or the ``.parquet`` of plsweep before 0.2; a regular file inside
+    the sweep directory ``root`` (``store.inside``)."""
     if path.suffix == ".parquet":
-        return read_table(path).cast(CURVES_SCHEMA)
-    table = pa.ipc.open_file(path).read_all()
+        return read_table(path, root=root).cast(CURVES_SCHEMA)
+    table = pa.ipc.open_file(inside(path, root, WHOLE_MAX_BYTES)).read_all()
     return table if table.schema.equals(CURVES_SCHEMA) else table.cast(CURVES_SCHEMA)  # a cast costs ~0.1 ms
 
 
@@ -45,12 +57,13 @@ CURVE_READERS = 8
 # --- the runs table --------------------------------------------------------------------------------
 
 
-def _table_keys(path: Path, expected: pa.Schema) -> dict[str, str] | None:
-    """The record keys a table was built from (None: no such table, an unreadable one, or one written by a
-    version with another schema, which is then rebuilt)."""
+def _table_keys(path: Path, expected: pa.Schema, root: Path) -> dict[str, str] | None:
+    """The record keys a table was built from (None: no such table, an unreadable one, one that is not a
+    regular file inside the sweep directory ``root``, or one written by a version with another schema, which
+    is then rebuilt)."""
     try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException):
+        schema = pq.read_schema(inside(path, root, LARGE_MAX_BYTES))
+    except (UntrustedFile, OSError, pa.ArrowException):
         return None
     metadata = schema.metadata or {}
     if RECORD_KEYS not in metadata or not schema.remove_metadata().equals(expected):
@@ -61,11 +74,17 @@ def _table_keys(path: Path, expected: pa.Schema) -> dict[str, str] | None:
         return None
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as a runs-table row. A record written before a run-id setting became a column (an older
-    plsweep) gets that column from its config, so old and new records of one setting share one cell."""
+def _row(record: dict[str, Any], sweep: SweepDir) -> dict[str, Any]:
+    """A record as a runs-table row. A setting column the record lacks comes from its run's manifest row (a
+    failed record without a value it could not hold, ``store.storable_record``), else from its config (a
+    record of an older plsweep, from before the setting had a column), so every row has its run's settings
+    and old and new records of one setting share one cell."""
     row = {name: record.get(name) for name in RUNS_SCHEMA.names}
-    if record.get("config") is not None and any(c not in record for c in IDENTITY_COLUMNS):
+    missing = [column for column in IDENTITY_COLUMNS if row[column] is None]
+    if missing:
+        expected = sweep.manifest_settings().expected(record["run_id"]) or {}
+        row |= {column: expected[column] for column in missing if column in expected}
+    if record.get("config") is not None and any(row[c] is None for c in IDENTITY_COLUMNS):
         config = record["config"]
         try:
             derived = setting_values(
@@ -74,7 +93,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         # a config this plsweep cannot read: those columns stay null
         except (ValueError, TypeError, AttributeError):
             derived = {}
-        row |= {name: value for name, value in derived.items() if name not in record and name in row}
+        row |= {name: value for name, value in derived.items() if name in row and row[name] is None}
     for name in ("started_at", "finished_at"):
         if row[name] is not None:
             row[name] = datetime.fromisoformat(row[name])
@@ -99,6 +118,8 @@ def _update_runs_table(
     fresh_set = set(fresh)
     rows, read, problems = [], [], []
     from_shards = fresh_set & shards.run_ids
+    if fresh_set - from_shards:
+        sweep.manifest_settings().prefetch(fresh_set - from_shards)
     for run_id in fresh:
         if run_id in from_shards:
             read.append(run_id)
@@ -107,7 +128,7 @@ def _update_runs_table(
         if isinstance(record, RecordProblem):
             problems.append(record)
             continue
-        rows.append(_row(record))
+        rows.append(_row(record, sweep))
         read.append(run_id)
     kept = [run_id for run_id in old_keys if run_id in files and run_id not in fresh_set]
     if not read and len(kept) == len(old_keys) and path.exists():
@@ -116,7 +137,7 @@ def _update_runs_table(
     if from_shards:
         parts.append(_only(shards.runs, from_shards, shards.run_ids))
     if kept:
-        parts.append(read_table(path, run_ids=kept).cast(RUNS_SCHEMA))
+        parts.append(read_table(path, run_ids=kept, root=sweep.root).cast(RUNS_SCHEMA))
     table = pa.concat_tables(parts).sort_by("run_id") if parts else RUNS_SCHEMA.empty_table()
     keys = {run_id: files[run_id][1] for run_id in table.column("run_id").to_pylist()}
     write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
@@ -151,7 +172,7 @@ class ShardWriter:
         """A run just recorded (its record file's key and curve table, as ``write_result`` returns them);
         a record the runs schema refuses is left to collect to read and report."""
         if record_problem(record) is None:
-            self.rows.append(_row(record))
+            self.rows.append(_row(record, self.sweep))
             self.keys[record["run_id"]] = key
             if curve is not None:
                 self.curves.append(curve)
@@ -204,8 +225,8 @@ def _read_shards(sweep: SweepDir, wanted: dict[str, str], sweep_hash: str) -> _S
     runs, curves = [], []
     for runs_path in (p for p in out.paths if p.name.endswith(".runs.parquet")):
         curves_path = runs_path.with_name(runs_path.name.replace(".runs.", ".curves."))
-        keys = _table_keys(runs_path, RUNS_SCHEMA)
-        if keys is None or _table_keys(curves_path, CURVES_SCHEMA) != keys:
+        keys = _table_keys(runs_path, RUNS_SCHEMA, sweep.root)
+        if keys is None or _table_keys(curves_path, CURVES_SCHEMA, sweep.root) != keys:
             continue  # gone (another collect), partial or foreign: its runs are read from their files
         take = [
             run_id for run_id, key in keys.items() if wanted.get(run_id) == key and run_id not in out.run_ids
@@ -213,18 +234,44 @@ def _read_shards(sweep: SweepDir, wanted: dict[str, str], sweep_hash: str) -> _S
         if not take:
             continue
         try:
-            table = read_table(runs_path, run_ids=take)
-            curve = read_table(curves_path, run_ids=take)
-        except (OSError, pa.ArrowException):
+            table = read_table(runs_path, run_ids=take, root=sweep.root)
+            curve = read_table(curves_path, run_ids=take, root=sweep.root)
+        except (UntrustedFile, OSError, pa.ArrowException):
             continue
-        ids, hashes = (table.column(name).to_pylist() for name in ("run_id", "sweep_hash"))
-        taken = {run_id for run_id, value in zip(ids, hashes, strict=True) if value == sweep_hash}
+        ids = table.column("run_id").to_pylist()
+        taken = _trusted_rows(sweep, table, sweep_hash)
         runs.append(_only(table, taken, set(ids)).replace_schema_metadata(None))
         curves.append(_only(curve, taken, set(take)).replace_schema_metadata(None))
         out.run_ids |= taken
     if runs:
         out.runs, out.curves = pa.concat_tables(runs), pa.concat_tables(curves)
     return out
+
+
+_CHECKED = [
+    name
+    for name in RUNS_SCHEMA.names
+    if name in (*REQUIRED, "error", *IDENTITY_COLUMNS)
+    or pa.types.is_integer(RUNS_SCHEMA.field(name).type)
+    or pa.types.is_floating(RUNS_SCHEMA.field(name).type)
+]
+"""The columns of a shard's rows that its Parquet types do not vouch for: values, ranges, settings."""
+
+
+def _trusted_rows(sweep: SweepDir, table: pa.Table, sweep_hash: str) -> set[str]:
+    """The run ids of a shard's rows that pass the checks of a record file: this sweep's hash, the runs
+    schema (``record_problem``), the run's settings (``trust``). A row that fails is read from its file."""
+    columns = {name: table.column(name).to_pylist() for name in _CHECKED}
+    rows = [dict(zip(_CHECKED, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    settings = sweep.manifest_settings()
+    settings.prefetch(columns["run_id"])
+    return {
+        row["run_id"]
+        for row in rows
+        if row["sweep_hash"] == sweep_hash
+        and record_problem(row, typed=True) is None
+        and settings.problem(row) is None
+    }
 
 
 # --- collect ---------------------------------------------------------------------------------------
@@ -251,8 +298,8 @@ def collect(sweep: SweepDir) -> CollectReport:
     """
     sweep_hash = sweep.info()["sweep_hash"]  # not a sweep directory: say so
     files = sweep.record_files()
-    runs_keys = _table_keys(sweep.runs_table_path, RUNS_SCHEMA) or {}
-    curves_keys = _table_keys(sweep.curves_table_path, CURVES_SCHEMA)
+    runs_keys = _table_keys(sweep.runs_table_path, RUNS_SCHEMA, sweep.root) or {}
+    curves_keys = _table_keys(sweep.curves_table_path, CURVES_SCHEMA, sweep.root)
     wanted = {
         run_id: key
         for run_id, (_, key) in files.items()
@@ -292,21 +339,24 @@ def _update_curves(
     if from_shards:
         parts.append(_only(shards.curves, from_shards, shards.run_ids))
     with ThreadPoolExecutor(max_workers=CURVE_READERS) as pool:  # Arrow reads without holding the GIL
-        for curve, table in zip(curves, pool.map(_try_read_curve, curves), strict=True):
+        tables = pool.map(lambda curve: _try_read_curve(curve, sweep.root), curves)
+        for curve, table in zip(curves, tables, strict=True):
             if isinstance(table, pa.Table):
                 parts.append(table)
             else:
                 unreadable.append(f"{curve}: {' '.join(table.split())[:160]}")
     if kept:
-        parts.append(read_table(path, run_ids=kept).cast(CURVES_SCHEMA))
+        parts.append(read_table(path, run_ids=kept, root=sweep.root).cast(CURVES_SCHEMA))
     table = pa.concat_tables(parts) if parts else CURVES_SCHEMA.empty_table()
     write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
     return unreadable
 
 
-def _try_read_curve(path: Path) -> pa.Table | str:
+def _try_read_curve(path: Path, root: Path) -> pa.Table | str:
     try:
-        return read_curve(path)
+        return read_curve(path, root)
+    except UntrustedFile as err:
+        return err.reason
     except (OSError, pa.ArrowException) as err:
         return str(err)
 
@@ -314,6 +364,6 @@ def _try_read_curve(path: Path) -> pa.Table | str:
 def _existing_curve(sweep: SweepDir, run_id: str) -> Path | None:
     path = sweep.curve_path(run_id)
     for candidate in (path, path.with_suffix(".parquet")):
-        if candidate.exists():
+        if os.path.lexists(candidate):
             return candidate
     return None

@@ -21,41 +21,30 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import sysconfig
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import DataConfig
-from .errors import PlsweepError
+from .data_files import (  # noqa: F401 - MAX_SYNTHETIC_VOCAB and stdlib_files: part of this module's interface
+    DOC_SEPARATOR,
+    MAX_SYNTHETIC_VOCAB,
+    DataError,
+    _fail,
+    byte_files,
+    check_settings,
+    need_bytes,
+    stdlib_files,
+    token_files,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-BYTE_VOCAB = 256
-# Joins the files of a folder: NUL never occurs in accepted text, so the model can learn it as "end of file".
-DOC_SEPARATOR = b"\x00"
-MAX_SYNTHETIC_VOCAB = 4096  # dense V x V tables: ~0.5 GB and ~5 s to build at this size, once per process
 SHARPNESS_SPREAD = 2.0  # synthetic row exponents spread over [s / SPREAD, s * SPREAD] ...
 SHARPNESS_LEVELS = 32  # ... in this many distinct values
-STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
-
-
-class DataError(PlsweepError):
-    """The data setting cannot be used: the message is one line naming the file and the setting."""
-
-
-def _fail(path: Path | str, problem: str) -> DataError:
-    return DataError(f"data.path: '{path}': {problem}")
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def stream_generator(*key: object) -> torch.Generator:
@@ -254,119 +243,25 @@ def _check_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
         raise _fail(path, f"holds a negative token id ({bottom})")
 
 
-@dataclass(frozen=True)
-class TokenFile:
-    """A validated flat token file: its elements start at byte ``offset``."""
-
-    path: Path
-    dtype: np.dtype
-    offset: int
-    length: int
-
-    def open(self) -> np.ndarray:
-        """A fresh read-only memmap of the tokens."""
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.length,))
-
-
-def open_token_file(path: Path, bin_dtype: str) -> TokenFile:
-    """Check a ``.bin`` (raw ``bin_dtype`` elements) or ``.npy`` token file; DataError if unusable."""
-    if not path.is_file():
-        raise _fail(path, "no such file")
-    if path.suffix == ".bin":
-        dtype = np.dtype(bin_dtype)
-        size = path.stat().st_size
-        if size % dtype.itemsize:
-            raise _fail(path, f"{size} bytes is not a multiple of {dtype.itemsize} (data.dtype={bin_dtype})")
-        return TokenFile(path, dtype, 0, size // dtype.itemsize)
-    if path.suffix == ".npy":
-        return _open_npy(path)
-    raise _fail(path, "expected a .bin or .npy token file, or a folder with train.bin and val.bin")
-
-
-def _open_npy(path: Path) -> TokenFile:
-    with open(path, "rb") as handle:
-        # Check the magic ourselves: otherwise numpy tries (and refuses) to unpickle it, a confusing message.
-        if handle.read(6) != b"\x93NUMPY":
-            raise _fail(path, "not a .npy file")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise _fail(path, f"unreadable .npy file ({_one_line(err)})") from None
-    if array.dtype.kind not in "iu":
-        raise _fail(path, f"dtype {array.dtype} is not an integer type (expected uint16, uint32, ...)")
-    if array.ndim > 1 and not array.flags.c_contiguous:
-        raise _fail(path, "Fortran-ordered array; save it C-ordered (tokens are read as one flat stream)")
-    return TokenFile(path, array.dtype, int(array.offset), int(array.size))
-
-
-def _need(path: Path, have: int, need: int, what: str) -> None:
-    if have < need:
-        raise _fail(path, f"{have} tokens, need at least {need} ({what})")
-
-
 def load_tokens(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
     """``cfg.path``: a token file (its last ``val_tokens`` held out), or a folder with train.bin, val.bin."""
-    path = Path(cfg.path).expanduser().resolve()
-    if path.is_dir():
-        files = {name: path / f"{name}.bin" for name in ("train", "val")}
-        for file in files.values():
-            if not file.is_file():
-                raise _fail(path, f"folder lacks {file.name} (expected nanoGPT's train.bin and val.bin)")
-        train, val = (open_token_file(f, cfg.dtype) for f in files.values())
-        _need(train.path, train.length, seq_len + 1, "model.seq_len + 1")
-        _need(val.path, val.length, cfg.val_tokens, "data.val_tokens")
+    file, val = token_files(cfg, seq_len)
+    if val is not None:
         val_tokens = val.open()[: cfg.val_tokens]
         _check_ids(val_tokens, vocab_size, val.path)
-        return WindowSource(train.open, train.length, val_tokens, vocab_size, seq_len, train.path)
-    if not path.exists():
-        raise _fail(path, "no such file or folder")
-    file = open_token_file(path, cfg.dtype)
+        return WindowSource(file.open, file.length, val_tokens, vocab_size, seq_len, file.path)
     n_train = file.length - cfg.val_tokens
-    _need(path, file.length, cfg.val_tokens + seq_len + 1, "data.val_tokens + model.seq_len + 1")
     val_tokens = file.open()[n_train:]
-    _check_ids(val_tokens, vocab_size, path)
+    _check_ids(val_tokens, vocab_size, file.path)
 
     def open_train() -> np.ndarray:
         # Recreate the memmap each batch: a long-lived one keeps every page it touched mapped (nanoGPT).
         return file.open()[:n_train]
 
-    return WindowSource(open_train, n_train, val_tokens, vocab_size, seq_len, path)
+    return WindowSource(open_train, n_train, val_tokens, vocab_size, seq_len, file.path)
 
 
 # ---------------------------------------------------------------- byte-level text and the standard library
-
-
-def _walk(root: Path, keep_dir: Callable[[str], bool], keep_file: Callable[[str], bool]) -> list[Path]:
-    """Files under ``root`` named as ``keep_file`` wants, in folders ``keep_dir`` keeps; sorted by path."""
-    found = []
-    for folder, dirs, names in os.walk(root):  # os.walk does not follow symlinked folders: no cycles
-        dirs[:] = [d for d in dirs if keep_dir(d)]
-        found += [Path(folder, n) for n in names if keep_file(n) and Path(folder, n).is_file()]
-    return sorted(found)  # Path order compares part by part: "a/z.txt" < "b.txt"
-
-
-def text_files(root: Path) -> list[Path]:
-    """Every regular file under ``root``, sorted by path, skipping hidden (dot) files and folders."""
-    return _walk(root, lambda d: not d.startswith("."), lambda n: not n.startswith("."))
-
-
-def stdlib_files() -> tuple[Path, list[Path]]:
-    """The standard library folder and its ``.py`` sources, sorted by path.
-
-    Skipped: site-packages (installed packages, not the standard library); test suites (``test``, ``tests``,
-    ``idle_test``: 19 MB of .py beside the 12 MB kept on CPython 3.11, full of deliberately odd code);
-    ``config-*`` and ``_sysconfigdata*`` (this machine's build settings), so the corpus depends only on the
-    Python version.
-    """
-    root = Path(sysconfig.get_paths()["stdlib"])
-
-    def keep_dir(name: str) -> bool:
-        return name not in STDLIB_SKIP_DIRS and not name.startswith(("config-", "."))
-
-    def keep_file(name: str) -> bool:
-        return name.endswith(".py") and not name.startswith("_sysconfigdata")
-
-    return root, _walk(root, keep_dir, keep_file)
 
 
 def read_corpus(files: list[Path], skip_binary: bool) -> np.ndarray:
@@ -398,40 +293,17 @@ def _read_corpus(key: tuple[tuple[str, int, int], ...], skip_binary: bool) -> np
     return np.frombuffer(DOC_SEPARATOR.join(chunks), dtype=np.uint8)  # read-only: shared by every run
 
 
-def _byte_source(
-    corpus: np.ndarray, cfg: DataConfig, vocab_size: int, seq_len: int, where: Path, setting: str
-) -> WindowSource:
-    need = cfg.val_tokens + seq_len + 1
-    if corpus.size < need:
-        raise DataError(
-            f"{setting}: '{where}': {corpus.size} bytes of text, need at least {need} "
-            "(data.val_tokens + model.seq_len + 1)"
-        )
+def load_bytes(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
+    """Bytes of ``cfg.path`` (text: a file, or every non-hidden, non-binary file of a folder, recursive,
+    sorted), or of the running Python's standard library sources (stdlib: see ``stdlib_files``)."""
+    where, files, setting = byte_files(cfg)
+    folder = cfg.source == "stdlib" or where.is_dir()
+    corpus = read_corpus(files, skip_binary=folder)
+    if corpus.size == 0 and setting == "data.path":
+        raise _fail(where, "folder holds no text files (hidden, empty and binary files are skipped)")
+    need_bytes(corpus.size, cfg, seq_len, where, setting)
     n_train = corpus.size - cfg.val_tokens
     return WindowSource(lambda: corpus[:n_train], n_train, corpus[n_train:], vocab_size, seq_len)
-
-
-def load_text(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
-    """Bytes of ``cfg.path``: a file, or every non-hidden, non-binary file of a folder (recursive, sorted)."""
-    path = Path(cfg.path).expanduser().resolve()
-    if path.is_dir():
-        corpus = read_corpus(text_files(path), skip_binary=True)
-        if corpus.size == 0:
-            raise _fail(path, "folder holds no text files (hidden, empty and binary files are skipped)")
-    elif path.is_file():
-        corpus = read_corpus([path], skip_binary=False)
-    else:
-        raise _fail(path, "no such file or folder")
-    return _byte_source(corpus, cfg, vocab_size, seq_len, path, "data.path")
-
-
-def load_stdlib(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
-    """Bytes of the running Python's standard library sources (see ``stdlib_files``)."""
-    root, files = stdlib_files()
-    if not files:
-        raise DataError(f"data.source=stdlib: no .py sources under '{root}' (this Python ships none)")
-    corpus = read_corpus(files, skip_binary=True)
-    return _byte_source(corpus, cfg, vocab_size, seq_len, root, "data.source=stdlib")
 
 
 # ---------------------------------------------------------------- entry point
@@ -439,18 +311,6 @@ def load_stdlib(cfg: DataConfig, vocab_size: int, seq_len: int) -> WindowSource:
 
 def load_source(cfg: DataConfig, vocab_size: int, seq_len: int) -> TokenSource:
     """The token source of ``cfg`` for a model with ``vocab_size`` tokens and sequences of ``seq_len``."""
-    if cfg.val_tokens < seq_len + 1:
-        raise DataError(f"data.val_tokens={cfg.val_tokens}: must be >= model.seq_len + 1 = {seq_len + 1}")
-    if cfg.source == "synthetic":
-        if not 2 <= vocab_size <= MAX_SYNTHETIC_VOCAB:
-            raise DataError(
-                f"model.vocab_size={vocab_size}: synthetic data needs 2..{MAX_SYNTHETIC_VOCAB} "
-                "(its transition table is dense)"
-            )
-        return SyntheticSource(cfg, vocab_size, seq_len)
-    if cfg.source in ("text", "stdlib") and vocab_size < BYTE_VOCAB:
-        raise DataError(
-            f"model.vocab_size={vocab_size}: byte-level data (data.source={cfg.source}) needs >= 256"
-        )
-    loaders = {"tokens": load_tokens, "text": load_text, "stdlib": load_stdlib}
+    check_settings(cfg, vocab_size, seq_len)
+    loaders = {"synthetic": SyntheticSource, "tokens": load_tokens, "text": load_bytes, "stdlib": load_bytes}
     return loaders[cfg.source](cfg, vocab_size, seq_len)

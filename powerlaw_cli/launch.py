@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .chains import Chain, plan_chains
 from .config import stable_hash
+from .data_files import check_sweep_data
 from .orphans import array_comment, settle, write_ahead
 from .runstate import sweep_state
 from .slurm import ClusterLimits, SubmitError, cluster_limits
@@ -75,7 +75,7 @@ def write_manifest(sweep_dir: SweepDir, sweep: Sweep, chains: list[Chain], share
     ).encode()
     if (
         sweep_dir.manifest_path.exists()
-        and (pq.read_schema(sweep_dir.manifest_path).metadata or {}).get(MANIFEST_KEY) == stamp
+        and (sweep_dir.manifest_file().schema_arrow.metadata or {}).get(MANIFEST_KEY) == stamp
     ):
         return
     trunk_of = {run.run_id: chain.trunk_id for chain in chains for run in chain.runs}
@@ -213,7 +213,9 @@ def submit(
 ) -> Prepared:
     """Under the caller's launch lock: write the spec and manifest, find the runs that need work, pack them,
     and submit them (Slurm) or record a live local launch of them (run them with ``run_prepared``).
-    ``keep_trunks``: workers keep each trunk's state for a later round to extend (adaptive sweeps)."""
+    ``keep_trunks``: workers keep each trunk's state for a later round to extend (adaptive sweeps). Data that
+    a worker could not load is refused first (``DataError``), before anything is written or submitted."""
+    check_sweep_data(sweep.runs)
     chains = plan_chains(sweep.runs, options.share_trunks)
     sweep_dir.create(sweep.text, sweep.name, sweep.sweep_hash)
     write_manifest(sweep_dir, sweep, chains, options.share_trunks)

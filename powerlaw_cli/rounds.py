@@ -34,6 +34,7 @@ from typing import Any
 from .adaptive import CellSpec, Observation, plan_round
 from .chains import TRUNK_SCHEDULES, added_tokens, chain_tokens, fork_step, plan_chains, trunk_key
 from .config import RunConfig, stable_hash
+from .data_files import check_sweep_data
 from .launch import LaunchResult, Prepared, run_prepared, submit
 from .runstate import sweep_state
 from .spec import Sweep
@@ -177,6 +178,7 @@ def launch_adaptive(
     (every round with ``watch``, asking the scheduler every ``poll_seconds``). ``on_round`` hears each
     round's plan as it is made."""
     options = options or sweep.launch
+    check_sweep_data(sweep.templates)  # every round trains on the data of its templates: refuse it first
     sweep_dir = SweepDir(out)
     cells = sweep_cells(sweep)
     result = AdaptiveResult(sweep_dir.root)

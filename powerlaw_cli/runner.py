@@ -27,7 +27,7 @@ from .config import RunConfig
 from .data import DataError, load_source
 from .schedules import build_schedule
 from .schema import setting_values
-from .store import atomic_write, write_run_files
+from .store import LARGE_MAX_BYTES, atomic_write, inside, write_run_files
 from .train import Control, Diverged, StopRequested, Trajectory, resolve_device
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -267,10 +267,11 @@ class ChainRunner:
         atomic_write(self.checkpoint, buffer.getvalue())
 
     def _load(self) -> dict[str, Any] | None:
-        if self.checkpoint is None or not self.checkpoint.exists():
+        if self.checkpoint is None or not os.path.lexists(self.checkpoint):
             return None
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        try:  # a regular file inside its folder only (no FIFO to hang on, no symlink out of it)
+            path = inside(self.checkpoint, self.checkpoint.parent, LARGE_MAX_BYTES)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a torn or foreign file: start over rather than trust it
             print(f"ignoring unreadable checkpoint {self.checkpoint}: {_one_line(err)}", flush=True)
             return None

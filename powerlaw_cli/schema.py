@@ -8,19 +8,21 @@ losses in nats per token.
 Every setting that is part of a run's id is a column (``SETTING_COLUMNS``, derived from the settings
 in ``config.py``: the column's name, type and meaning come from the setting's own definition), so that
 two runs that differ in any such setting differ in a column, and a fit never pools them unawares.
-A record is checked against this schema when it is read (``record_problem``).
+A record is checked against this schema before it is written and when it is read (``record_problem``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, Literal, get_origin
 
 import pyarrow as pa
 
-from .config import SECTION_NAMES, SECTION_TYPES, RunConfig, field_types
+from .config import SECTION_NAMES, SECTION_TYPES, RunConfig, ScheduleConfig, field_types
 
 STATUSES = ("ok", "diverged", "failed")
 """ok: trained to the end; diverged: stopped early by a non-finite or exploding loss (a result);
@@ -63,6 +65,9 @@ def _setting_columns() -> tuple[dict[str, str], list[tuple[str, pa.DataType, str
             )
     return mapping, list(columns.values())
 
+
+DERIVED_COLUMNS = tuple(_DERIVED_DOCS)
+"""Columns that hold a setting in a derived form (``flat_setting_values``), not as the setting is."""
 
 SETTING_COLUMNS, _SETTINGS = _setting_columns()
 """Every run-id setting ("section.field") -> its runs-table column."""
@@ -120,7 +125,9 @@ CURVES_SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in CURVE_COL
 IDENTITY_COLUMNS = tuple(dict.fromkeys(SETTING_COLUMNS.values()))
 """The columns of run-id settings, in settings order (a fit's cells are groups equal in all but LR and seed)."""
 
-REQUIRED = ("run_id", "sweep_hash", "status", "width", "depth", "batch_size", "tokens", "lr", "seed")
+REQUIRED = ("run_id", "sweep_hash", "status")
+RESULT_REQUIRED = ("width", "depth", "batch_size", "tokens", "lr", "seed")
+"""Required unless the run failed: a failed record may lack a setting it could not store (see ``store``)."""
 POSITIVE = (
     "width",
     "depth",
@@ -144,21 +151,41 @@ NON_NEGATIVE = (
     "resumes",
     "diverged_at_tokens",
     "weight_decay",
+    "final_val_loss",  # cross-entropies, nats per token
+    "final_val_loss_averaged",
+    "final_train_loss",
 )
+PRODUCTS = (("batch_tokens", "batch_size", "seq_len"), ("tokens_seen", "steps", "batch_tokens"))
+"""column = a x b, in every record this plsweep writes."""
 
 
 def setting_values(run: RunConfig) -> dict[str, Any]:
     """The run-id settings of ``run`` as runs-table columns (the record writer's one source for them)."""
-    flat = run.flat()
-    values = {column: flat[setting] for setting, column in SETTING_COLUMNS.items()}
-    values["data"] = run.data.source + (f":{run.data.path}" if run.data.path else "")
-    values["decay_tokens"] = (
-        run.schedule.decay_length(run.training.tokens)
-        if run.schedule.name in ("wsd", "wsd_s", "power")
-        else 0
-    )
-    values["decay_points"] = ",".join(str(p) for p in run.schedule.decay_points)
-    return values
+    return flat_setting_values(run.flat())
+
+
+def flat_setting_values(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-id settings columns of flat settings {"section.field": value}: a run's, or its manifest row's
+    (what its record must hold). KeyError when ``flat`` lacks a setting."""
+    return {column: flat[setting] for setting, column in SETTING_COLUMNS.items()} | derived_values(flat)
+
+
+def derived_values(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``DERIVED_COLUMNS`` of flat settings (KeyError when ``flat`` lacks a setting they need)."""
+    decay = _decay(flat["schedule.decay_tokens"], flat["schedule.decay_fraction"])
+    return {
+        "data": flat["data.source"] + (f":{flat['data.path']}" if flat["data.path"] else ""),
+        "decay_tokens": decay.decay_length(flat["training.tokens"])
+        if flat["schedule.name"] in ("wsd", "wsd_s", "power")
+        else 0,
+        "decay_points": ",".join(str(p) for p in flat["schedule.decay_points"]),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _decay(decay_tokens: int, decay_fraction: float) -> ScheduleConfig:
+    """A schedule with this decay, for its ``decay_length`` (a sweep has few distinct ones)."""
+    return ScheduleConfig(decay_tokens=decay_tokens, decay_fraction=decay_fraction)
 
 
 def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
@@ -170,6 +197,8 @@ def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
     if pa.types.is_string(dtype):
         return None if isinstance(value, str) else "expected a string"
     if pa.types.is_timestamp(dtype):
+        if isinstance(value, datetime):  # a runs-table row (a shard's)
+            return None if value.tzinfo is not None else "expected a time with a UTC offset"
         try:
             ok = isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
         except ValueError:
@@ -179,31 +208,49 @@ def _type_problem(value: Any, dtype: pa.DataType) -> str | None:
 
 
 _TYPES = {name: dtype for name, dtype, _ in RUN_COLUMNS if name != "config"}
+_FLOATS = {name: dtype for name, dtype in _TYPES.items() if pa.types.is_floating(dtype)}
 
 
-def record_problem(record: dict[str, Any]) -> str | None:
+def record_problem(record: dict[str, Any], typed: bool = False) -> str | None:
     """Why ``record`` does not fit the runs schema (types, statuses, ranges), or None when it does.
 
-    Columns may be missing or null (older records lack newer columns) except ``REQUIRED``; ``config`` may
-    be a JSON object or its text; a failed run has an error.
+    Columns may be missing or null (older records lack newer columns) except ``REQUIRED`` (and, unless the run
+    failed, ``RESULT_REQUIRED``); ``config`` may be a JSON object or its text; a failed run has an error; an
+    ok run has a validation loss. ``typed``: a row of a runs table, whose Parquet types vouch for all but the
+    finiteness of its numbers.
     """
-    for name in REQUIRED:
+    problem = column_problem(record, typed)
+    return f"{problem[0]}: {problem[1]}" if problem else None
+
+
+def column_problem(record: dict[str, Any], typed: bool = False) -> tuple[str, str] | None:
+    """(column, what is wrong with it) for the first column of ``record`` that ``record_problem`` refuses."""
+    required = REQUIRED if record.get("status") == "failed" else REQUIRED + RESULT_REQUIRED
+    for name in required:
         if record.get(name) is None:
-            return f"{name}: missing"
-    for name, dtype in _TYPES.items():
+            return name, "missing"
+    for name, dtype in _FLOATS.items() if typed else _TYPES.items():
         value = record.get(name)
         if value is not None and (problem := _type_problem(value, dtype)):
-            return f"{name}: {problem}, got {value!r}"[:200]
+            return name, f"{problem}, got {value!r}"[:200]
     if record["status"] not in STATUSES:
-        return f"status: {record['status']!r} is not one of {', '.join(STATUSES)}"
+        return "status", f"{record['status']!r} is not one of {', '.join(STATUSES)}"
     for name in POSITIVE:
         if record.get(name) is not None and record[name] <= 0:
-            return f"{name}: must be > 0, got {record[name]!r}"
+            return name, f"must be > 0, got {record[name]!r}"
     for name in NON_NEGATIVE:
         if record.get(name) is not None and record[name] < 0:
-            return f"{name}: must be >= 0, got {record[name]!r}"
+            return name, f"must be >= 0, got {record[name]!r}"
+    for name, a, b in PRODUCTS:
+        if (
+            None not in (record.get(name), record.get(a), record.get(b))
+            and record[name] != record[a] * record[b]
+        ):
+            return name, f"must be {a} x {b} = {record[a] * record[b]}, got {record[name]!r}"
     if record["status"] == "failed" and not record.get("error"):
-        return "error: a failed run needs one"
+        return "error", "a failed run needs one"
+    if record["status"] == "ok" and record.get("final_val_loss") is None:
+        return "final_val_loss", "an ok run needs one"
     if not isinstance(record.get("config"), (dict, str, type(None))):
-        return "config: expected a JSON object"
+        return "config", "expected a JSON object"
     return None

@@ -20,7 +20,9 @@ Layout (the single source of truth; every command after ``launch`` reads only th
       code/HASH/powerlaw_cli      the code snapshot Slurm workers run
       runs.parquet, curves.parquet   the records and curves as tables
 
-A run is finished when its record exists. ``records.index.json`` keeps each trusted record's status (for
+A run is finished when its trusted record exists: a regular file inside the directory (``inside``) that fits
+the runs schema and its run's manifest row (``trust``); the writer writes no other (``storable_record``).
+``records.index.json`` keeps each trusted record's status (for
 ``status`` and ``launch``) with its file's key (modification time, size, inode), so that they read only
 the records that are new or changed since they last looked; ``collect.py`` keeps such keys for
 ``runs.parquet``. Nothing here imports torch.
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +51,8 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from .errors import PlsweepError
-from .schema import CURVES_SCHEMA, record_problem
+from .schema import CURVES_SCHEMA, REQUIRED, STATUSES, column_problem, record_problem
+from .trust import ManifestSettings
 
 
 class SweepDirError(PlsweepError):
@@ -83,10 +88,96 @@ def write_table(path: Path, table: pa.Table, durable: bool = True, row_group_siz
     atomic_write(path, lambda handle: pq.write_table(table, handle, row_group_size=row_group_size), durable)
 
 
-def read_table(path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None) -> pa.Table:
+# --- reading back: only regular files inside the sweep directory, of a bounded size ----------------
+
+RECORD_MAX_BYTES = 1 << 20
+"""A record (or sweep.json) is ~2 KB of JSON, read whole into memory: anything larger is not one."""
+WHOLE_MAX_BYTES = 1 << 30
+"""Other files read whole: a run's curve, the record index (~150 bytes per run)."""
+LARGE_MAX_BYTES = 1 << 40
+"""Parquet tables (manifest, runs, curves, shards) and checkpoints, read in parts: the cap refuses only what
+no sweep writes."""
+
+
+class UntrustedFile(PlsweepError):
+    """A file plsweep will not read: not a regular file inside its folder, or larger than its kind may be."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+_KINDS |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def _refuse(path: Path, st: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise UntrustedFile(path, f"not a regular file ({kind})")
+    if st.st_size > max_bytes:
+        raise UntrustedFile(path, f"{st.st_size} bytes, more than the {max_bytes} such a file may have")
+
+
+def inside(path: Path, root: Path, max_bytes: int) -> Path:
+    """``path`` with its symlinks resolved, if it is a regular file of at most ``max_bytes`` inside ``root``
+    (resolved too: a sweep directory reached through a symlink is fine); else ``UntrustedFile`` saying why.
+
+    The one check of every file plsweep reads back from a sweep directory (records, curves, tables, shards,
+    checkpoints): no symlink leads out of it, and no FIFO, device or endless file can hang a command or
+    fill its memory. Nothing is opened, so nothing blocks; ``read_inside`` also checks the open file.
+    """
+    real = _resolved(path, root)
+    try:
+        _refuse(path, os.stat(real), max_bytes)
+    except OSError as err:
+        raise UntrustedFile(path, f"unreadable ({err.strerror})") from None
+    return Path(real)
+
+
+def read_inside(path: Path, root: Path, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if ``inside`` trusts it. The file is opened without following a symlink and
+    without waiting (a FIFO), and checked open, so a swap between the check and the read is refused too."""
+    real = _resolved(path, root)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise UntrustedFile(path, f"unreadable ({err.strerror})") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        st = os.fstat(fd)
+        _refuse(path, st, max_bytes)
+        data = handle.read(st.st_size + 1)  # one more byte: a file that grows past its cap is refused too
+    if len(data) > max_bytes:
+        raise UntrustedFile(path, f"more than the {max_bytes} bytes such a file may have")
+    return data
+
+
+def _resolved(path: Path, root: Path) -> str:
+    """``path`` with every symlink resolved, if that is inside ``root`` (resolved); else ``UntrustedFile``.
+    Folders are resolved once per process (a sweep's 256 ``runs/ab`` folders), a file only when it is a link."""
+    top = _real_folder(str(root))
+    folder = _real_folder(str(path.parent))
+    real = os.path.join(folder, path.name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+        folder = os.path.dirname(real)
+    if folder != top and not folder.startswith(top.rstrip(os.sep) + os.sep):
+        raise UntrustedFile(path, f"leads to {real}, outside {top}")
+    return real
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def read_table(
+    path: Path, columns: list[str] | None = None, run_ids: list[str] | None = None, root: Path | None = None
+) -> pa.Table:
     """A Parquet file (only ``columns``, only the rows of ``run_ids`` if given), read directly: ``pq.read_table``
-    goes through pyarrow's dataset layer, which imports pandas, and is slower for one file."""
-    table = pq.ParquetFile(path).read(columns=columns)
+    goes through pyarrow's dataset layer, which imports pandas, and is slower for one file. It must be a
+    regular file inside ``root`` (default: its own folder; see ``inside``)."""
+    table = pq.ParquetFile(inside(path, root or path.parent, LARGE_MAX_BYTES)).read(columns=columns)
     return table if run_ids is None else select_runs(table, run_ids)
 
 
@@ -133,6 +224,14 @@ def file_key(stat: os.stat_result) -> str:
     return f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}"
 
 
+def _entry_key(entry: os.DirEntry) -> str:
+    """The key of what a directory entry leads to (of the link itself when it leads nowhere)."""
+    try:
+        return file_key(entry.stat())
+    except OSError:
+        return file_key(entry.stat(follow_symlinks=False))
+
+
 def write_run_files(
     record_path: Path, curve_path: Path, record: dict[str, Any], curve: list[dict[str, Any]]
 ) -> tuple[str, pa.Table | None]:
@@ -152,6 +251,26 @@ def write_run_files(
         )
     atomic_write(record_path, json.dumps(json_ready(record), indent=1, sort_keys=True, default=str).encode())
     return file_key(record_path.stat()), table
+
+
+def storable_record(
+    record: dict[str, Any], check: Callable[[dict[str, Any]], tuple[str, str] | None] = column_problem
+) -> dict[str, Any]:
+    """``record`` as its reader will see it (JSON-ready) if the reader's checks (``check``: (column, why) or
+    None) accept it; else a ``failed`` record of the run that says why, with the values they refuse removed,
+    which they accept: a run is never retrained because its own record is refused."""
+    stored = json.loads(json.dumps(json_ready(record), default=str))
+    problem = check(stored)
+    if problem is None:
+        return stored
+    column, why = problem
+    was = f" (the value was {record.get(column)!r})" if record.get(column) != stored.get(column) else ""
+    failed = {**stored, "status": "failed", "error": f"its record would not be trusted: {column}: {why}{was}"}
+    while (problem := check(failed)) is not None:
+        if problem[0] in REQUIRED:  # a programming error: no record at all could be written
+            raise ValueError(f"record of run {record.get('run_id')!r}: {problem[0]}: {problem[1]}")
+        failed[problem[0]] = None
+    return failed
 
 
 MANIFEST_ROW_GROUP = 256
@@ -175,6 +294,7 @@ class SweepDir:
 
     root: Path
     _info: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    _settings: ManifestSettings | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -218,8 +338,13 @@ class SweepDir:
         """{name, sweep_hash, created_at}; raises SweepDirError if this is not a sweep directory."""
         if self._info is None:
             try:
-                self._info = json.loads(self.info_path.read_text())
-            except FileNotFoundError:
+                self._info = json.loads(read_inside(self.info_path, self.root, RECORD_MAX_BYTES))
+            except UntrustedFile as err:
+                if not os.path.lexists(self.info_path):
+                    raise SweepDirError(
+                        f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first"
+                    ) from None
+                raise SweepDirError(str(err)) from None
                 raise SweepDirError(
                     f"{self.root}: not a sweep directory (no sweep.json); launch a sweep there first"
                 ) from None
@@ -271,12 +396,16 @@ class SweepDir:
 
     def write_result(
         self, record: dict[str, Any], curve: list[dict[str, Any]]
-    ) -> tuple[str, pa.Table | None]:
-        """Write a run's curve, then its record (its existence means the run is finished); returns the record
-        file's key and the curve table."""
-        return write_run_files(
+    ) -> tuple[dict[str, Any], str, pa.Table | None]:
+        """Write a run's curve, then its record (its existence means the run is finished), as
+        ``storable_record`` makes it: one its reader (``read_record``) trusts. Returns the record written, its file's key and the
+        curve table."""
+        settings = self.manifest_settings()
+        record = storable_record(record, lambda r: column_problem(r) or settings.mismatch(r))
+        key, table = write_run_files(
             self.record_path(record["run_id"]), self.curve_path(record["run_id"]), record, curve
         )
+        return record, key, table
 
     def record_files(self) -> dict[str, tuple[Path, str]]:
         """run_id -> (path, key) of every record file; the key (mtime, size, inode) changes when it is replaced."""
@@ -292,14 +421,17 @@ class SweepDir:
                 with os.scandir(prefix.path) as entries:
                     for entry in entries:
                         if entry.name.endswith(".json") and not entry.name.startswith("."):
-                            out[entry.name[:-5]] = (Path(entry.path), file_key(entry.stat()))
+                            out[entry.name[:-5]] = (Path(entry.path), _entry_key(entry))
         return out
 
     def read_record(self, path: Path, sweep_hash: str | None = None) -> dict[str, Any] | RecordProblem:
-        """A record, trusted only if it parses, belongs here (run id = file name, sweep hash) and fits the schema."""
+        """A record, trusted only if it is a regular file inside the sweep directory (``inside``), parses,
+        belongs here (run id = file name, sweep hash) and fits the schema."""
         try:
-            record = json.loads(path.read_bytes())
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+            record = json.loads(read_inside(path, self.root, RECORD_MAX_BYTES))
+        except UntrustedFile as err:
+            return RecordProblem(path, err.reason)
+        except (UnicodeDecodeError, ValueError) as err:
             return RecordProblem(path, f"unreadable ({type(err).__name__}: {err})")
         if not isinstance(record, dict):
             return RecordProblem(path, "not a JSON object")
@@ -311,7 +443,16 @@ class SweepDir:
                 path, f"sweep_hash {record.get('sweep_hash')!r} is not this sweep's {expected!r}"
             )
         problem = record_problem(record)
-        return RecordProblem(path, f"does not fit the runs schema: {problem}") if problem else record
+        if problem:
+            return RecordProblem(path, f"does not fit the runs schema: {problem}")
+        problem = self.manifest_settings().problem(record)
+        return RecordProblem(path, f"not a result of its run: {problem}") if problem else record
+
+    def manifest_settings(self) -> ManifestSettings:
+        """The settings each run's record must hold (``trust``), read from the manifest as records need them."""
+        if self._settings is None:
+            self._settings = ManifestSettings(self.manifest_file)
+        return self._settings
 
     def read_result(self, run_id: str) -> dict[str, Any] | RecordProblem | None:
         """The trusted record of one run, its problem, or None when it has no record file."""
@@ -326,20 +467,40 @@ class SweepDir:
     def _read_manifest(self, columns: list[str], run_ids: list[str] | None = None) -> pa.Table:
         """Columns of the manifest; with ``run_ids``, their rows only, decoded from only the row groups
         that hold them (a worker's task is a few neighbouring row groups of a 10,000-run manifest)."""
+        with self._manifest_errors():
+            manifest = self.manifest_file()
+            if run_ids is None:
+                return manifest.read(columns=columns)
+            wanted = set(run_ids)
+            ids = manifest.read(columns=["run_id"]).column("run_id").to_pylist()
+            groups, end = [], 0
+            for group in range(manifest.num_row_groups):
+                start, end = end, end + manifest.metadata.row_group(group).num_rows
+                if not wanted.isdisjoint(ids[start:end]):
+                    groups.append(group)
+            return select_runs(manifest.read_row_groups(groups, columns=columns), wanted)
+
+    def manifest_file(self) -> pq.ParquetFile:
+        """manifest.parquet, opened; ``SweepDirError`` (one line: the file and what to do) if there is none, or
+        it is not a regular Parquet file inside the sweep directory."""
         self.info()  # not a sweep directory at all: say so
-        if not self.manifest_path.exists():
+        if not os.path.lexists(self.manifest_path):
             raise SweepDirError(f"{self.root}: no manifest.parquet; the sweep was never launched")
-        if run_ids is None:
-            return read_table(self.manifest_path, columns)
-        manifest = pq.ParquetFile(self.manifest_path)
-        wanted = set(run_ids)
-        ids = manifest.read(columns=["run_id"]).column("run_id").to_pylist()
-        groups, end = [], 0
-        for group in range(manifest.num_row_groups):
-            start, end = end, end + manifest.metadata.row_group(group).num_rows
-            if not wanted.isdisjoint(ids[start:end]):
-                groups.append(group)
-        return select_runs(manifest.read_row_groups(groups, columns=columns), wanted)
+        with self._manifest_errors():
+            return pq.ParquetFile(inside(self.manifest_path, self.root, LARGE_MAX_BYTES))
+
+    @contextlib.contextmanager
+    def _manifest_errors(self) -> Iterator[None]:
+        """A manifest that cannot be read (not Parquet, not a regular file, without the columns asked for) as
+        one ``SweepDirError`` line."""
+        fix = "restore it, or remove it and launch the sweep file into this directory again to rewrite it"
+        try:
+            yield
+        except UntrustedFile as err:
+            raise SweepDirError(f"{err}; {fix}") from None
+        except (OSError, KeyError, pa.ArrowException) as err:
+            problem = " ".join(str(err).split())[:160]
+            raise SweepDirError(f"{self.manifest_path}: not a readable manifest ({problem}); {fix}") from None
 
     def manifest_run_ids(self) -> list[str]:
         """Every run of the sweep, in grid order."""
@@ -504,19 +665,18 @@ def record_index(sweep: SweepDir) -> RecordIndex:
     """
     sweep_hash = sweep.info()["sweep_hash"]
     files = sweep.record_files()
-    try:
-        old = json.loads(sweep.index_path.read_bytes())
-    except (OSError, ValueError):
-        old = {}
+    old = _read_index(sweep)
     index = {
         run_id: entry
         for run_id, entry in old.items()
         if run_id in files and entry.get("key") == files[run_id][1]
     }
     problems = []
-    for run_id, (path, key) in files.items():
-        if run_id in index:
-            continue
+    fresh = [run_id for run_id in files if run_id not in index]
+    if fresh:
+        sweep.manifest_settings().prefetch(fresh)
+    for run_id in fresh:
+        path, key = files[run_id]
         record = sweep.read_record(path, sweep_hash)
         if isinstance(record, RecordProblem):
             problems.append(record)
@@ -525,3 +685,23 @@ def record_index(sweep: SweepDir) -> RecordIndex:
     if index != old:
         atomic_write(sweep.index_path, json.dumps(index).encode())
     return RecordIndex(index, problems)
+
+
+def _read_index(sweep: SweepDir) -> dict[str, dict[str, Any]]:
+    """The entries of ``records.index.json`` that have the shape ``record_index`` writes; the rest (a file that
+    is missing, not JSON, of another shape, or not a regular file) are read again from their records: the
+    index is a cache, never the truth."""
+    try:
+        old = json.loads(read_inside(sweep.index_path, sweep.root, WHOLE_MAX_BYTES))
+    except (UntrustedFile, ValueError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    return {
+        run_id: entry
+        for run_id, entry in old.items()
+        if isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and entry.get("status") in STATUSES
+        and set(entry) == {"key", *INDEX_FIELDS}
+    }

@@ -96,7 +96,8 @@ def run_chains(
     counts: dict[str, int] = {}
 
     def on_result(record: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-        shard.add(record, *sweep.write_result(record, curve))
+        record, key, table = sweep.write_result(record, curve)  # failed if it could not be trusted
+        shard.add(record, key, table)
         counts[record["status"]] = counts.get(record["status"], 0) + 1
         print(
             f"run {record['run_id']}: {record['status']} {record.get('final_val_loss') or record.get('error') or ''}",

@@ -46,7 +46,10 @@ def make_spec(
     tokens_file = tmp_path / "train.bin"
     if not tokens_file.exists():
         np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(tokens_file)
-    paths = [str(tokens_file)] + ([str(tmp_path / "missing.bin")] if bad_path else [])
+    bad = tmp_path / "bad_ids.bin"  # readable, but its ids are beyond the vocabulary: only a worker finds out
+    if bad_path and not bad.exists():
+        np.full(50_000, 60_000, dtype=np.uint16).tofile(bad)
+    paths = [str(tokens_file)] + ([str(bad)] if bad_path else [])
     spec = tmp_path / f"{name}.toml"
     spec.write_text(SPEC.format(name=name, tokens=tokens, lrs=lrs, paths=repr(paths).replace("'", '"')))
     return spec
@@ -100,13 +103,11 @@ def test_a_failed_run_is_recorded_the_others_finish_and_retry_failed_reruns_it(t
     status = sweep_status(SweepDir(out))
     assert status.counts["finished"] == 3 and status.counts["failed"] == 3
     failure = status.failures[0]
-    assert "missing.bin" in failure.error and failure.log and Path(failure.log).exists()
-    assert any("missing.bin" in line for line in failure.log_tail)
+    assert "bad_ids.bin" in failure.error and failure.log and Path(failure.log).exists()
+    assert any("bad_ids.bin" in line for line in failure.log_tail)
     assert launch(sweep, out, "local", LaunchConfig(workers=2)).runs_launched == 0  # failed runs have records
     retried = launch(sweep, out, "local", LaunchConfig(workers=2), retry_failed=True)
-    assert retried.runs_launched == 3 and retried.counts == {
-        "failed": 3
-    }  # still missing: fails again, recorded
+    assert retried.runs_launched == 3 and retried.counts == {"failed": 3}  # still bad: fails again, recorded
 
 
 def test_diverged_runs_are_results_not_failures(tmp_path):

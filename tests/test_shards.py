@@ -128,3 +128,24 @@ def test_a_shard_that_cannot_be_written_is_a_log_line_not_a_failed_task(tiny_swe
     writer.write()
     assert f"shard of {SHARD_MIN_RUNS} runs not written" in capsys.readouterr().out
     assert collect(sweep).runs == 16  # the runs' own files are all there is, and enough
+
+
+def test_a_shard_row_that_is_not_its_runs_result_is_read_from_the_runs_file(linked, from_files):
+    """A shard is checked as a record file is: a row whose settings are not its run's, or whose numbers are
+    out of range, is left out and its run read from its own (trusted) file."""
+    path = sorted(linked.shards_dir.glob("*.runs.parquet"))[0]
+    table = pq.read_table(path)
+    lrs = table.column("lr").to_pylist()
+    losses = table.column("final_val_loss").to_pylist()
+    edited = table.set_column(
+        table.schema.get_field_index("lr"), "lr", pa.array([0.5] + lrs[1:], pa.float64())
+    )
+    edited = edited.set_column(
+        edited.schema.get_field_index("final_val_loss"),
+        "final_val_loss",
+        pa.array([losses[0], -1.0, *losses[2:]], pa.float64()),
+    )
+    atomic_write(path, lambda handle: pq.write_table(edited, handle))  # its keys still match the record files
+    report = collect(linked)
+    assert report.runs == 16 and not report.problems
+    assert _tables(linked) == from_files
