@@ -130,11 +130,18 @@ def _rename(raw: pd.DataFrame, table: str, columns: dict[str, str]) -> pd.DataFr
 
 
 def _check_positive(runs: pd.DataFrame, table: str) -> None:
+    """``POSITIVE`` columns hold positive numbers in every run but failed ones (not results); a column with no
+    value at all is no column (a trainer that reports no parameter count)."""
+    results = runs["status"].astype(str).str.lower() != "failed" if "status" in runs else True
     for name in POSITIVE:
         if name not in runs:
             continue
         runs[name] = pd.to_numeric(runs[name], errors="coerce").astype(float)
-        if runs[name].isna().any() or (runs[name] <= 0).any():
+        if runs[name].isna().all() and name != "lr":
+            runs.drop(columns=name, inplace=True)
+            continue
+        values = runs.loc[results, name]
+        if values.isna().any() or (values <= 0).any():
             raise FitError(f"{table}: column {name!r} has missing, non-numeric or non-positive values")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def parse_external(data: dict[str, Any], path: Path, axes: dict[str, list[Any]])
                 f'{path}: trainer.command: expected a list of non-empty strings, e.g. ["python", "train.py"]'
             )
         trainer["command"] = list(command)
+        _check_program(command[0], path)
         for name in (n for arg in command for n in PLACEHOLDER.findall(arg)):
             if name not in GIVEN and not _is_setting(name, param_names):
                 raise ConfigError(
@@ -119,6 +121,20 @@ def parse_external(data: dict[str, Any], path: Path, axes: dict[str, list[Any]])
         )
     trainer["settings"] = sorted(set(STANDARD) | set_here)
     return {"trainer": trainer, "params": dict(params)}
+
+
+def _check_program(program: str, path: Path) -> None:
+    """The program of a command exists: ``python`` (the worker's interpreter), a path (relative to the sweep
+    file's folder) or a name on PATH."""
+    if program == "python" or PLACEHOLDER.search(program):
+        return
+    if "/" in program:
+        if not (path.parent / program).expanduser().is_file():
+            raise ConfigError(
+                f"{path}: trainer.command: program {program!r}: no such file next to the sweep file"
+            )
+    elif shutil.which(program) is None:
+        raise ConfigError(f"{path}: trainer.command: program {program!r} not found on PATH")
 
 
 def check_param(name: str, value: Any, where: str) -> None:
