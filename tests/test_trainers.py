@@ -284,27 +284,39 @@ def test_retry_failed_reruns_in_the_same_folder(tmp_path):
 
 RESUMABLE = """
 import json, os, signal, sys, time
+steps = int(sys.argv[1])
 run_dir = os.environ["PLSWEEP_RUN_DIR"]
 state_path = os.path.join(run_dir, "state.json")
-state = json.load(open(state_path)) if os.path.exists(state_path) else {"step": 0, "starts": 0}
+state = json.load(open(state_path)) if os.path.exists(state_path) else {"step": 0, "starts": 0, "executed": 0}
 state["starts"] += 1
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-while state["step"] < 40:
+while state["step"] < steps:
     if stop:
-        json.dump(state, open(state_path, "w"))
+        print(f"stopped at step {state['step']}", flush=True)
         sys.exit(143)
     time.sleep(0.1)
     state["step"] += 1
-    json.dump(state, open(state_path, "w"))
+    state["executed"] += 1
+    json.dump(state, open(state_path + ".tmp", "w"))
+    os.replace(state_path + ".tmp", state_path)
 json.dump({"final_val_loss": 1.0 + state["starts"]}, open(os.environ["PLSWEEP_RESULT"], "w"))
 """
+"""A trainer that checkpoints every step (its ``state.json``) and resumes from it; ``executed`` counts the steps
+it ran over all its starts (equal to its steps when it never ran one twice)."""
+
+
+def read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def test_sigterm_is_passed_on_and_the_next_launch_resumes(tmp_path):
     (tmp_path / "resumable.py").write_text(RESUMABLE)
     spec = tmp_path / "resume.toml"
-    spec.write_text('[trainer]\ncommand = ["python", "resumable.py"]\n')
+    spec.write_text('[trainer]\ncommand = ["python", "resumable.py", "40"]\n')
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     launcher = subprocess.Popen(
@@ -313,26 +325,21 @@ def test_sigterm_is_passed_on_and_the_next_launch_resumes(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = None
-    while state is None or state["step"] < 3:
-        files = list(out.glob("trainer-runs/*/state.json"))
-        try:
-            state = json.loads(files[0].read_text()) if files else None
-        except ValueError:
-            state = None
+    (run,) = load_sweep(spec).runs
+    state_path = SweepDir(out).run_dir(run.run_id) / "state.json"
+    while (state := read_state(state_path)) is None or state["step"] < 3:
+        assert launcher.poll() is None, "the launch ended before the trainer ran 3 steps"
         time.sleep(0.1)
-        assert launcher.poll() is None
     launcher.send_signal(signal.SIGINT)  # Ctrl-C: the launcher stops its workers, which stop the command
     launcher.wait(timeout=120)
-    (run_id,) = SweepDir(out).manifest_run_ids()
-    assert SweepDir(out).read_result(run_id) is None  # stopped, not failed
-    stopped = json.loads(files[0].read_text())
+    assert SweepDir(out).read_result(run.run_id) is None  # stopped, not failed: left for the next launch
+    stopped = read_state(state_path)
     assert 3 <= stopped["step"] < 40 and stopped["starts"] == 1
+    assert "stopped at step" in (SweepDir(out).run_dir(run.run_id) / "stdout.log").read_text()
     launch(load_sweep(spec), out, "local", LaunchConfig())
-    record = SweepDir(out).read_result(run_id)
-    assert record["status"] == "ok" and record["final_val_loss"] == 3.0  # started twice, the second resumed
-    assert record["resumes"] == 1
-    assert json.loads(files[0].read_text())["step"] == 40
+    record = SweepDir(out).read_result(run.run_id)
+    assert record["status"] == "ok" and record["final_val_loss"] == 3.0 and record["resumes"] == 1
+    assert read_state(state_path) == {"step": 40, "starts": 2, "executed": 40}  # resumed, no step twice
 
 
 # --- entry points ------------------------------------------------------------------------------------
