@@ -132,7 +132,11 @@ def _rename(raw: pd.DataFrame, table: str, columns: dict[str, str]) -> pd.DataFr
 def _check_positive(runs: pd.DataFrame, table: str) -> None:
     """``POSITIVE`` columns hold positive numbers in every run but failed ones (not results); a column with no
     value at all is no column (a trainer that reports no parameter count)."""
-    results = runs["status"].astype(str).str.lower() != "failed" if "status" in runs else pd.Series(True, index=runs.index)
+    results = (
+        runs["status"].astype(str).str.lower() != "failed"
+        if "status" in runs
+        else pd.Series(True, index=runs.index)
+    )
     for name in POSITIVE:
         if name not in runs:
             continue

@@ -6,7 +6,8 @@ settings) and ``PLSWEEP_RESULT`` (where to write its result, ``trainer_result``)
 stderr go to ``stdout.log`` and ``stderr.log`` in the run's folder; a non-zero exit, or no result, fails
 the run with the last lines of its stderr. A stop request of the worker (SIGTERM, or submitit's timeout
 signal USR2) is passed on to the command as SIGTERM; once it exits the run is left unrecorded
-(``StopRequested``) for the requeued task or the next launch, which starts it again in the same folder.
+(``StopRequested``) for the requeued task or the next launch, which starts it again in the same folder. So
+is a command that ends by SIGTERM (killed by it, or exit code 143) without a result: it was stopped, not failed.
 No torch here.
 """
 
@@ -133,7 +134,9 @@ def _run_command(run: RunConfig, paths: dict[str, Path], env: dict[str, str], co
         except OSError as error:
             return f"trainer.command: cannot run {argv[0]!r}: {error.strerror or error}"
         code, why = _wait(process, control, timeout)
-    if why == "stopped" and not (code == 0 and paths["result"].exists()):
+    # Slurm signals every process of a job step: the command may end by SIGTERM before our own handler ran
+    stopped = why == "stopped" or control.stop_after_save or code in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    if stopped and not (code == 0 and paths["result"].exists()):
         raise StopRequested(f"the command stopped after a signal (exit {code}); it restarts in {run_dir}")
     tail = stderr_tail(run_dir / "stderr.log")
     if why == "timeout":

@@ -22,9 +22,9 @@ from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 class MarkovTokens(torch.utils.data.Dataset):
     """``n`` sequences of a seeded Zipf-like Markov language over ``vocab`` tokens."""
 
-    def __init__(self, n: int, seq_len: int, vocab: int, seed: int):
+    def __init__(self, n: int, seq_len: int, vocab: int, seed: int, zipf: float = 1.2):
         language = torch.Generator().manual_seed(1234)
-        ranks = torch.arange(1, vocab + 1, dtype=torch.float32) ** -1.2
+        ranks = torch.arange(1, vocab + 1, dtype=torch.float32) ** -zipf
         table = torch.stack([ranks[torch.randperm(vocab, generator=language)] for _ in range(vocab)])
         table = table / table.sum(1, keepdim=True)
         g = torch.Generator().manual_seed(seed)
@@ -68,7 +68,8 @@ def train(settings: dict, run_dir: Path) -> dict:
         warmup_steps=max(1, steps // 10),
         weight_decay=0.0,
         logging_steps=1,
-        save_steps=params["save_steps"],
+        save_strategy="steps" if params["save_steps"] else "no",  # 0: no checkpoints (a test's tiny runs)
+        save_steps=params["save_steps"] or 1,
         save_total_limit=1,
         report_to=[],
         use_cpu=True,
@@ -79,14 +80,21 @@ def train(settings: dict, run_dir: Path) -> dict:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=MarkovTokens(steps * batch_size, seq_len, params["vocab"], settings["training"]["seed"]),
-        eval_dataset=MarkovTokens(64, seq_len, params["vocab"], 999_999),
+        train_dataset=MarkovTokens(
+            steps * batch_size, seq_len, params["vocab"], settings["training"]["seed"], params["zipf"]
+        ),
+        eval_dataset=MarkovTokens(64, seq_len, params["vocab"], 999_999, params["zipf"]),
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(run_dir)))
     val_loss = trainer.evaluate()["eval_loss"]
     tokens_per_step = batch_size * seq_len
     curve = [
-        {"step": row["step"], "tokens": row["step"] * tokens_per_step, "lr": row["learning_rate"], "train_loss": row["loss"]}
+        {
+            "step": row["step"],
+            "tokens": row["step"] * tokens_per_step,
+            "lr": row["learning_rate"],
+            "train_loss": row["loss"],
+        }
         for row in trainer.state.log_history
         if "loss" in row and "learning_rate" in row
     ]
