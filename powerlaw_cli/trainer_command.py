@@ -135,12 +135,12 @@ def _run_command(run: RunConfig, paths: dict[str, Path], env: dict[str, str], co
             return f"trainer.command: cannot run {argv[0]!r}: {error.strerror or error}"
         code, why = _wait(process, control, timeout)
     # Slurm signals every process of a job step: the command may end by SIGTERM before our own handler ran
-    stopped = why == "stopped" or control.stop_after_save or code in (-signal.SIGTERM, 128 + signal.SIGTERM)
-    if stopped and not (code == 0 and paths["result"].exists()):
-        raise StopRequested(f"the command stopped after a signal (exit {code}); it restarts in {run_dir}")
     tail = stderr_tail(run_dir / "stderr.log")
     if why == "timeout":
         return f"timed out after {timeout:g} s (trainer.timeout_seconds){': ' + tail if tail else ''}"
+    stopped = why == "stopped" or control.stop_after_save or code in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    if stopped and not (code == 0 and paths["result"].exists()):
+        raise StopRequested(f"the command stopped after a signal (exit {code}); it restarts in {run_dir}")
     if code != 0:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return f"the command failed ({how}){': ' + tail if tail else ''}"

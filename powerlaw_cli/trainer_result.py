@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .config import RunConfig
-from .schema import CURVE_COLUMNS, SETTING_COLUMNS, record_problem, setting_values
+from .schema import CURVE_COLUMNS, RUN_COLUMNS, SETTING_COLUMNS, record_problem, setting_values
 
 RESULT_FIELDS = (
     "final_val_loss",
@@ -156,25 +156,23 @@ def external_record(
     tokens_seen = result.get("tokens_seen")
     if tokens_seen is None and status == "ok":
         tokens_seen = curve[-1]["tokens"] if curve else run.training.tokens
-    record: dict[str, Any] = {
+    record: dict[str, Any] = dict.fromkeys(name for name, _, _ in RUN_COLUMNS)  # null unless known
+    record |= {
         "run_id": run.run_id,
-        "sweep": None,
-        "sweep_hash": None,
         "status": status,
         "error": error,
         **given_setting_values(run),
-        "params_non_embedding": result.get("params_non_embedding"),
+        **{
+            name: result.get(name)
+            for name in ("params_non_embedding", "final_val_loss", "diverged_at_tokens")
+        },
         "batch_tokens": run.batch_tokens,
         "tokens_seen": tokens_seen,
         "steps": curve[-1]["step"] if curve else None,
-        "final_val_loss": result.get("final_val_loss"),
-        "final_val_loss_averaged": None,
         "final_train_loss": curve[-1]["train_loss"] if curve else None,
-        "diverged_at_tokens": result.get("diverged_at_tokens"),
         "flops": result.get("flops"),
         "wall_seconds": wall_seconds,
         "resumes": resumes,
-        "trunk_id": None,
         "started_at": started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "config": run.to_dict(),

@@ -42,6 +42,8 @@ if mode == "exit1":
     sys.exit(1)
 if mode == "hang":
     time.sleep(600)
+if mode == "sigterm":  # as Slurm's requeue, which signals every process of the job step, would end it
+    os.kill(os.getpid(), 15)
 if mode == "badjson":
     open(result, "w").write("{final_val_loss: 1")
 elif mode == "strloss":
@@ -81,12 +83,7 @@ def records(out: Path) -> dict[str, dict]:
 
 
 def by_mode(out: Path) -> dict[str, dict]:
-    return {
-        json.loads(r["config"] if isinstance(r["config"], str) else json.dumps(r["config"]))["params"][
-            "mode"
-        ]: r
-        for r in records(out).values()
-    }
+    return {record["config"]["params"]["mode"]: record for record in records(out).values()}
 
 
 def invoke(*args: object) -> tuple[int, str, str]:
@@ -342,6 +339,15 @@ def test_sigterm_is_passed_on_and_the_next_launch_resumes(tmp_path):
     assert read_state(state_path) == {"step": 40, "starts": 2, "executed": 40}  # resumed, no step twice
 
 
+def test_a_command_ended_by_sigterm_is_stopped_not_failed(tmp_path):
+    spec = write_sweep(tmp_path, '[trainer]\ncommand = ["python", "fake.py"]\n[params]\nmode = "sigterm"\n')
+    out = tmp_path / "out"
+    launch(load_sweep(spec), out, "local", LaunchConfig())
+    (run_id,) = SweepDir(out).manifest_run_ids()
+    assert SweepDir(out).read_result(run_id) is None  # left for the next launch (or the requeued task)
+    assert sweep_status(SweepDir(out)).counts["failed"] == 0
+
+
 # --- entry points ------------------------------------------------------------------------------------
 
 ENTRY = """
@@ -426,3 +432,30 @@ def test_the_command_trainer_imports_no_torch():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         == "False\n"
     )
+
+
+def test_an_adaptive_trainer_sweep_chooses_its_lrs(tmp_path):
+    spec = write_sweep(
+        tmp_path,
+        """
+        [trainer]
+        command = ["python", "fake.py"]
+        [params]
+        mode = "ok"
+        [grid]
+        training.tokens = [300, 1200]
+        [adaptive]
+        lr_min = 1e-5
+        lr_max = 1e-2
+        max_rounds = 4
+        """,
+    )
+    code, text, stderr = invoke("launch", spec, "--out", tmp_path / "out", "--executor", "debug")
+    assert code == 0, stderr
+    rounds = SweepDir(tmp_path / "out").rounds()
+    assert len(rounds) >= 2  # a first coarse round, then LRs chosen around each cell's optimum
+    runs = list(records(tmp_path / "out").values())
+    assert all(r["status"] == "ok" and r["config"]["params"] == {"mode": "ok"} for r in runs)
+    for tokens in (300, 1200):
+        best = min((r for r in runs if r["tokens"] == tokens), key=lambda r: r["final_val_loss"])
+        assert abs(math.log10(best["lr"]) + 2.5 + 0.3 * math.log10(tokens)) <= 0.5
