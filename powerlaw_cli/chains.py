@@ -57,7 +57,9 @@ def plan_chains(runs: list[RunConfig], share_trunks: bool = True) -> list[Chain]
     round that adds a budget at its LR then extends the same trunk."""
     groups: dict[tuple[str, str], list[RunConfig]] = {}
     for run in runs:
-        if run.schedule.name == "wsd_s":
+        if run.trainer is not None:  # a user's trainer trains each run alone: it shares no trunks
+            kind = "single"
+        elif run.schedule.name == "wsd_s":
             kind = "wsd_s"
         elif share_trunks and run.schedule.name in TRUNK_SCHEDULES and run.averaging.kind != "tail":
             kind = "trunk"

@@ -34,6 +34,7 @@ from .store import (
     select_runs,
     write_table,
 )
+from .trainer_result import PARAMS_PREFIX, with_params_columns
 
 RECORD_KEYS = b"plsweep.record_keys.2"
 """Metadata key of runs.parquet and curves.parquet: {run_id: key} of the record files they were built from.
@@ -66,7 +67,8 @@ def _table_keys(path: Path, expected: pa.Schema, root: Path) -> dict[str, str] |
     except (UntrustedFile, OSError, pa.ArrowException):
         return None
     metadata = schema.metadata or {}
-    if RECORD_KEYS not in metadata or not schema.remove_metadata().equals(expected):
+    ours = pa.schema([f for f in schema.remove_metadata() if not f.name.startswith(PARAMS_PREFIX)])
+    if RECORD_KEYS not in metadata or not ours.equals(expected):
         return None
     try:
         return json.loads(metadata[RECORD_KEYS])
@@ -137,8 +139,9 @@ def _update_runs_table(
     if from_shards:
         parts.append(_only(shards.runs, from_shards, shards.run_ids))
     if kept:
-        parts.append(read_table(path, run_ids=kept, root=sweep.root).cast(RUNS_SCHEMA))
+        parts.append(read_table(path, RUNS_SCHEMA.names, run_ids=kept, root=sweep.root).cast(RUNS_SCHEMA))
     table = pa.concat_tables(parts).sort_by("run_id") if parts else RUNS_SCHEMA.empty_table()
+    table = with_params_columns(table)
     keys = {run_id: files[run_id][1] for run_id in table.column("run_id").to_pylist()}
     write_table(path, table.replace_schema_metadata({RECORD_KEYS: json.dumps(keys).encode()}))
     return keys, read, problems

@@ -38,6 +38,8 @@ WeightDecayRule = Literal["coupled", "independent"]
 MAX_MLP_RATIO = 1024
 """Above this an MLP ratio is a typo, and its parameter and FLOP counts leave the float range."""
 SECTION_NAMES = ("model", "data", "optimizer", "schedule", "training", "averaging")
+TRAINER_IDENTITY = ("command", "entry_point")
+"""The keys of a run's ``trainer`` that enter its id: what trains it (not where it runs from, nor its timeout)."""
 
 
 class ConfigError(PlsweepError):
@@ -359,7 +361,8 @@ SECTION_TYPES: dict[str, type] = {
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines one proxy run."""
+    """Everything that defines one run: of the built-in proxy, or (``trainer``) of a user's trainer, whose
+    free-form ``params`` enter its id (``trainer_spec.py``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -367,6 +370,8 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    params: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.schedule.name == "wsd_s":
@@ -394,27 +399,38 @@ class RunConfig:
         return -(-self.training.tokens // self.batch_tokens)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain data: {section: {field: value}} (a fresh copy, safe to modify)."""
-        return {name: dict(getattr(self, name).values) for name in SECTION_NAMES}
+        """Nested plain data: {section: {field: value}} (a fresh copy, safe to modify); a trainer run's
+        ``params`` and ``trainer`` too."""
+        data: dict[str, Any] = {name: dict(getattr(self, name).values) for name in SECTION_NAMES}
+        return data if self.trainer is None else {**data, **self._external()}
 
     def flat(self) -> dict[str, Any]:
-        """Flat plain data: {"section.field": value}."""
-        return {f"{name}.{k}": v for name in SECTION_NAMES for k, v in getattr(self, name).values.items()}
+        """Flat plain data: {"section.field": value}, and {"params.NAME": value} of a trainer run."""
+        flat = {f"{name}.{k}": v for name in SECTION_NAMES for k, v in getattr(self, name).values.items()}
+        return flat | {f"params.{k}": v for k, v in self.params.items()}
+
+    def _external(self) -> dict[str, Any]:
+        return {"params": dict(self.params), "trainer": dict(self.trainer or {})}
 
     def identity(self) -> dict[str, dict[str, Any]]:
         """The settings that change the run's result (what ``run_id`` hashes), without those at their
-        ``legacy`` value (so that runs from before a setting existed keep their ids)."""
-        return {name: getattr(self, name).identity() for name in SECTION_NAMES}
+        ``legacy`` value (so that runs from before a setting existed keep their ids); a trainer run's params
+        and trainer (its ``TRAINER_IDENTITY`` keys) too: a proxy run's id is as it always was."""
+        identity = {name: getattr(self, name).identity() for name in SECTION_NAMES}
+        return identity if self.trainer is None else {**identity, **self._external_identity()}
+
+    def _external_identity(self) -> dict[str, Any]:
+        trainer = {k: v for k, v in (self.trainer or {}).items() if k in TRAINER_IDENTITY}
+        return {"params": dict(self.params), "trainer": trainer}
 
     @functools.cached_property
     def run_id(self) -> str:
         """A stable id: ``stable_hash(self.identity())``, a hash of exactly the settings that change the result,
         assembled from each section's cached canonical JSON (computed once per config)."""
-        text = (
-            "{"
-            + ",".join(f'"{name}":{getattr(self, name).identity_json}' for name in sorted(SECTION_NAMES))
-            + "}"
-        )
+        parts = {name: getattr(self, name).identity_json for name in SECTION_NAMES}
+        if self.trainer is not None:
+            parts |= {key: canonical_json(value) for key, value in self._external_identity().items()}
+        text = "{" + ",".join(f'"{name}":{parts[name]}' for name in sorted(parts)) + "}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, overrides: dict[str, Any], where: str = "override") -> RunConfig:
@@ -438,12 +454,14 @@ class RunConfig:
         ``shared``: a dict kept across calls (one sweep's expansion) in which equal sections are built once
         and shared by every run that has them.
         """
-        unknown = sorted(set(data) - set(SECTION_NAMES))
+        unknown = sorted(set(data) - {*SECTION_NAMES, "params", "trainer"})
         if unknown:
             raise ConfigError(
                 f"{where}: unknown section [{unknown[0]}]; valid sections: {', '.join(SECTION_NAMES)}"
             )
-        sections = {}
+        sections: dict[str, Any] = {}
+        if data.get("trainer") is not None:  # checked by trainer_spec when the sweep file was read
+            sections |= {"params": dict(data.get("params") or {}), "trainer": dict(data["trainer"])}
         for name, section_type in SECTION_TYPES.items():
             raw = data.get(name, {})
             if not isinstance(raw, dict):

@@ -38,8 +38,10 @@ Curve = tuple[dict, pd.DataFrame, np.ndarray]
 
 
 def settings(runs: pd.DataFrame) -> list[str]:
-    """The run settings present in the table (``CELL_CANDIDATES`` with a known value)."""
-    return [c for c in CELL_CANDIDATES if c in runs and runs[c].notna().any()]
+    """The run settings present in the table (``CELL_CANDIDATES`` and a [trainer] sweep's ``params.NAME``
+    columns, with a known value)."""
+    params = sorted(c for c in runs.columns if str(c).startswith("params."))
+    return [c for c in (*CELL_CANDIDATES, *params) if c in runs and runs[c].notna().any()]
 
 
 def grouping(runs: pd.DataFrame, group_by: list[str] | None = None) -> tuple[list[str], list[str], str]:

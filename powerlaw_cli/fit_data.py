@@ -132,12 +132,22 @@ def _rename(raw: pd.DataFrame, table: str, columns: dict[str, str]) -> pd.DataFr
 
 
 def _check_positive(runs: pd.DataFrame, table: str) -> None:
+    """``POSITIVE`` columns hold positive finite numbers in every run but failed ones (not results); a column with no
+    value at all is no column (a trainer that reports no parameter count)."""
+    results = (
+        runs["status"].astype(str).str.lower() != "failed"
+        if "status" in runs
+        else pd.Series(True, index=runs.index)
+    )
     for name in POSITIVE:
         if name not in runs:
             continue
         raw = runs[name]
         runs[name] = pd.to_numeric(raw, errors="coerce").astype(float)
-        _check_cells(runs[name], raw, bounds.POSITIVE, f"{table}: column {name!r}")
+        if runs[name].isna().all() and name != "lr":
+            runs.drop(columns=name, inplace=True)
+            continue
+        _check_cells(runs[name], raw, bounds.POSITIVE, f"{table}: column {name!r}", results.to_numpy())
 
 
 def _check_loss(runs: pd.DataFrame, raw: pd.Series, table: str, loss_name: str) -> None:

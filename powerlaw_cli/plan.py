@@ -43,8 +43,9 @@ class Plan:
 
 
 def run_row(run: RunConfig) -> dict[str, Any]:
-    """The settings that usually vary in a sweep, for the first-runs table."""
-    return {
+    """The settings that usually vary in a sweep, for the first-runs table (a trainer run's params instead of
+    the built-in proxy's schedule)."""
+    row = {
         "run_id": run.run_id,
         "width": run.model.width,
         "depth": run.model.depth,
@@ -55,6 +56,10 @@ def run_row(run: RunConfig) -> dict[str, Any]:
         "seed": run.training.seed,
         "steps": run.steps,
     }
+    if run.trainer is not None:
+        del row["schedule"]
+        row |= {f"params.{name}": value for name, value in run.params.items()}
+    return row
 
 
 def make_plan(

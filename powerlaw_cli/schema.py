@@ -14,6 +14,7 @@ A record is checked against this schema before it is written and when it is read
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import fields
@@ -156,7 +157,8 @@ NON_NEGATIVE = (
     "final_train_loss",
 )
 PRODUCTS = (("batch_tokens", "batch_size", "seq_len"), ("tokens_seen", "steps", "batch_tokens"))
-"""column = a x b, in every record this plsweep writes."""
+"""column = a x b, in every record of the built-in proxy (a user's trainer counts its own steps and tokens:
+only its ``batch_tokens`` is plsweep's)."""
 
 
 def setting_values(run: RunConfig) -> dict[str, Any]:
@@ -223,6 +225,18 @@ def record_problem(record: dict[str, Any], typed: bool = False) -> str | None:
     return f"{problem[0]}: {problem[1]}" if problem else None
 
 
+def _of_the_proxy(record: dict[str, Any]) -> bool:
+    """Whether the built-in proxy trained the run: its config names no ``trainer`` (a dict, or its JSON text,
+    parsed only when the word is in it)."""
+    config = record.get("config")
+    if isinstance(config, str) and '"trainer"' in config:
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return True
+    return not (isinstance(config, dict) and config.get("trainer"))
+
+
 def column_problem(record: dict[str, Any], typed: bool = False) -> tuple[str, str] | None:
     """(column, what is wrong with it) for the first column of ``record`` that ``record_problem`` refuses."""
     required = REQUIRED if record.get("status") == "failed" else REQUIRED + RESULT_REQUIRED
@@ -241,7 +255,7 @@ def column_problem(record: dict[str, Any], typed: bool = False) -> tuple[str, st
     for name in NON_NEGATIVE:
         if record.get(name) is not None and record[name] < 0:
             return name, f"must be >= 0, got {record[name]!r}"
-    for name, a, b in PRODUCTS:
+    for name, a, b in PRODUCTS if _of_the_proxy(record) else PRODUCTS[:1]:
         if (
             None not in (record.get(name), record.get(a), record.get(b))
             and record[name] != record[a] * record[b]

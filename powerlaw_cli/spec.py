@@ -12,6 +12,7 @@ A sweep file is data (TOML, never executed)::
     model.width = [64, 128, 256]
     model.n_heads = [1, 2, 4]
     [launch]                    cluster defaults (config.LaunchConfig)
+    [trainer] and [params]      your own trainer instead of the built-in proxy (trainer_spec.py)
 
 Runs are the product of all axes (each zip group is one axis). A wsd_s run whose tokens are not an
 axis expands to one run per decay point. Relative data paths are resolved against the spec file's folder.
@@ -38,13 +39,15 @@ from .config import (
 )
 from .schedules import build_schedule
 from .sweep_settings import AdaptiveSettings, LaunchConfig, override_launch
+from .trainer_spec import parse_external
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch", "adaptive")
+TOP_LEVEL = ("sweep", *SECTION_NAMES, "grid", "launch", "adaptive", "trainer", "params")
+GRID_SECTIONS = (*SECTION_NAMES, "params")
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 """A sweep's name names its directory and its Slurm jobs: a safe alphabet, no path or shell characters."""
 RANGE_FORMS = "a list, {log = [lo, hi], num = N}, {lin = [lo, hi], num = N}, {pow2 = [lo, hi]} or {start = x, ratio = r, num = N}"
@@ -148,8 +151,9 @@ def parse_sweep(
     if launch_overrides:
         launch = override_launch(launch, launch_overrides)
     axes = parse_grid(data.get("grid", {}), path, launch.max_runs, base["schedule"])
-    runs, duplicates = expand(base, axes, path)
     flat_axes = {key: values for group in axes for key, values in group.items()}
+    base |= parse_external(data, path, flat_axes)  # a [trainer] sweep's trainer and params
+    runs, duplicates = expand(base, axes, path)
     sweep = Sweep(name, path, text, str(header.get("description", "")), runs, launch, flat_axes, duplicates)
     if "adaptive" in data:
         if "optimizer.lr" in flat_axes:
@@ -187,10 +191,10 @@ def parse_grid(
         if section == "zip":
             groups.extend(_parse_zip(entries, path))
             continue
-        if section not in SECTION_NAMES or not isinstance(entries, dict):
+        if section not in GRID_SECTIONS or not isinstance(entries, dict):
             raise ConfigError(
                 f"{path}: grid.{section}: grid keys are SECTION.FIELD with SECTION one of "
-                f"{', '.join(SECTION_NAMES)}, or [[grid.zip]]"
+                f"{', '.join(GRID_SECTIONS)}, or [[grid.zip]]"
             )
         for name, axis in entries.items():
             key = f"{section}.{name}"
@@ -219,10 +223,10 @@ def _parse_zip(entries: Any, path: Path) -> list[dict[str, tuple[Any, str]]]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: grid.zip[{i}]: write zipped axes as [[grid.zip]] tables")
         for section, fields in entry.items():
-            if section not in SECTION_NAMES or not isinstance(fields, dict):
+            if section not in GRID_SECTIONS or not isinstance(fields, dict):
                 raise ConfigError(
                     f"{path}: grid.zip[{i}].{section}: keys are SECTION.FIELD, SECTION one of "
-                    f"{', '.join(SECTION_NAMES)}"
+                    f"{', '.join(GRID_SECTIONS)}"
                 )
             for name, axis in fields.items():
                 group[f"{section}.{name}"] = (axis, f"{path}: grid.zip[{i}].{section}.{name}")
@@ -371,7 +375,7 @@ def _configs_at(
     for (
         run
     ) in runs:  # an impossible schedule fails here, before anything is submitted (the LR cannot make it so)
-        if run.training.tokens < run.batch_tokens:
+        if run.trainer is None and run.training.tokens < run.batch_tokens:  # a trainer counts its own batches
             raise ConfigError(
                 f"{where}: training.tokens: {run.training.tokens} is less than one batch (training.batch_size "
                 f"{run.training.batch_size} x model.seq_len {run.model.seq_len} = {run.batch_tokens} tokens); "

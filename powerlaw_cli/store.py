@@ -391,6 +391,10 @@ class SweepDir:
     def checkpoint_path(self, key: str) -> Path:
         return self.root / "checkpoints" / f"{key}.pt"
 
+    def run_dir(self, run_id: str) -> Path:
+        """The folder a user's trainer trains one run in, the same on every attempt (``trainer_command``)."""
+        return self.root / "trainer-runs" / run_id
+
     def tasks_path(self, launch: int) -> Path:
         return self.root / "tasks" / f"launch-{launch}.json"
 

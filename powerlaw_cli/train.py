@@ -14,13 +14,13 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .averaging import build_averager
 from .config import RunConfig
+from .control import Control, StopRequested  # noqa: F401 - StopRequested: re-exported, where it was
 from .data import TokenSource
 from .model import GPT, cross_entropy
 
@@ -31,30 +31,6 @@ class Diverged(Exception):
     def __init__(self, tokens: int, loss: float):
         super().__init__(f"diverged at {tokens} tokens (train loss {loss:.4g})")
         self.tokens, self.loss = tokens, loss
-
-
-class StopRequested(Exception):
-    """Training stopped at a step boundary after saving state (preemption, time limit)."""
-
-
-@dataclass
-class Control:
-    """Requests checked at every step boundary (set by signal handlers, read by the training loop)."""
-
-    save_now: bool = False
-    stop_after_save: bool = False
-    checkpoint_seconds: float = 0.0
-    save: Callable[[], None] | None = None
-    last_save: float = field(default_factory=time.monotonic)
-
-    def at_step_boundary(self) -> None:
-        """Save when asked or when due; then stop if asked."""
-        due = self.checkpoint_seconds > 0 and time.monotonic() - self.last_save >= self.checkpoint_seconds
-        if self.save is not None and (self.save_now or due or self.stop_after_save):
-            self.save()
-            self.save_now, self.last_save = False, time.monotonic()
-        if self.stop_after_save:
-            raise StopRequested("stopped at a step boundary after saving a checkpoint")
 
 
 def resolve_device(setting: str) -> torch.device:

@@ -88,7 +88,7 @@ def run_chains(
     """Train chains ``indices`` (default: all) of one task in this process, one after the other; returns
     {status: count} of the runs recorded. Their results go to this process's ``shard`` too (written by
     the caller when the process is done)."""
-    from .runner import ChainRunner
+    from .trainers import ChainJob, trainer_for
 
     sweep, options, chains = plan.sweep, plan.options, plan.chains
     info = sweep.info()
@@ -110,15 +110,17 @@ def run_chains(
     for index in range(len(chains)) if indices is None else indices:
         chain = chains[index]
         control.checkpoint_seconds = chain.runs[0].training.checkpoint_seconds
-        ChainRunner(
+        job = ChainJob(
             chain,
             sweep.checkpoint_path(chain.key),
+            sweep.run_dir,
             on_result,
             done,
             control,
             extra,
             keep_trunk=options.get("keep_trunks", False),
-        ).run()
+        )
+        trainer_for(chain).train(job)
     return counts
 
 
