@@ -294,7 +294,7 @@ class SweepDir:
 
     root: Path
     _info: dict[str, str] | None = field(default=None, repr=False, compare=False)
-    _settings: ManifestSettings | None = field(default=None, repr=False, compare=False)
+    _settings: tuple[str, ManifestSettings] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -453,10 +453,15 @@ class SweepDir:
         return RecordProblem(path, f"not a result of its run: {problem}") if problem else record
 
     def manifest_settings(self) -> ManifestSettings:
-        """The settings each run's record must hold (``trust``), read from the manifest as records need them."""
-        if self._settings is None:
-            self._settings = ManifestSettings(self.manifest_file)
-        return self._settings
+        """The settings each run's record must hold (``trust``), read from the manifest as records need them;
+        read again once the manifest is replaced (an adaptive round adds runs)."""
+        try:
+            key = file_key(os.stat(self.manifest_path))
+        except OSError:
+            key = ""
+        if self._settings is None or self._settings[0] != key:
+            self._settings = (key, ManifestSettings(self.manifest_file))
+        return self._settings[1]
 
     def read_result(self, run_id: str) -> dict[str, Any] | RecordProblem | None:
         """The trusted record of one run, its problem, or None when it has no record file."""

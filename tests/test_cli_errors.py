@@ -165,7 +165,7 @@ CASES = [
     *((("plan", f"{{inf_{key.replace('.', '_')}}}"), key) for key in INF_SETTINGS),
     (("plan", "{huge_grid}"), "100,000,000"),
     (("plan", "{huge_grid}"), "training.seed"),
-    (("plan", S, "-s", "max_runs=1"), "max_runs"),
+    (("plan", S, "-s", "max_runs=1"), "the grid has 2 runs (optimizer.lr 2), more than launch.max_runs = 1"),
     (("plan", "{tiny_budget}"), "training.tokens"),
     (("plan", "{deep}"), "deep.toml"),
     (("plan", "{deep_tables}"), "deep_tables.toml"),

@@ -220,3 +220,17 @@ def test_a_manifest_that_is_not_parquet_is_one_line_naming_it(tiny_spec, tiny_sw
         lines[0].startswith(f"error: {manifest}: not a readable manifest")
         and "launch the sweep file" in lines[0]
     )
+
+
+def test_a_replaced_manifest_is_read_again(tiny_sweep_dir):
+    """One SweepDir across an adaptive sweep's rounds sees each round's manifest (a stale one would call
+    the new round's records untrusted, and the rounds would relaunch them forever)."""
+    sweep = SweepDir(tiny_sweep_dir)
+    path = record_paths(sweep)[0]
+    assert isinstance(sweep.read_record(path), dict)
+    manifest = pq.read_table(sweep.manifest_path)
+    ids = manifest.column("run_id").to_pylist()
+    sweep.write_manifest(manifest.take([i for i, run_id in enumerate(ids) if run_id != path.stem]))
+    assert "is not a run of manifest.parquet" in sweep.read_record(path).reason
+    sweep.write_manifest(manifest)
+    assert isinstance(sweep.read_record(path), dict)
