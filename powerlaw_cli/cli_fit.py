@@ -102,6 +102,12 @@ def fit(
     predict: Annotated[
         list[str], typer.Option(help="print every law at e.g. N=7e9 D=1.4e12 (repeat per variable)")
     ] = [],  # noqa: B006
+    predicted_budgets: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated budgets (tokens) not trained: fill them with each LR's final loss predicted by the multi-power law"
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="output folder (default: DIR/fit or beside the table)")
     ] = None,
@@ -109,6 +115,7 @@ def fit(
     as_json: JsonOption = False,
 ) -> None:
     """Optimal LR and batch per group, laws over any variables, the loss law; writes fit/fit.json."""
+    from .curves_budgets import parse_budgets
     from .fit import predict_all, run_fit
     from .fit_data import parse_pairs, parse_values
     from .fit_spec import parse_law_options
@@ -133,6 +140,7 @@ def fit(
         n_boot=bootstrap,
         seed=seed,
         top_k_batches=top_k_batches,
+        predicted_budgets=parse_budgets(predicted_budgets) if predicted_budgets else None,
     )
     predictions = predict_all(done.fit, values) if values else {}
     if as_json:

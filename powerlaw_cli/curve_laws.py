@@ -200,7 +200,8 @@ def _to_free(law: Law, params: np.ndarray) -> np.ndarray:
 
 
 def _from_free(law: Law, free: np.ndarray) -> np.ndarray:
-    return np.where(law.positive(), np.exp(free), free)
+    with np.errstate(over="ignore"):  # a step out of range gives inf: a non-finite residual, rejected
+        return np.where(law.positive(), np.exp(free), free)
 
 
 def _free_bounds(law: Law) -> tuple[np.ndarray, np.ndarray]:

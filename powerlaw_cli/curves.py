@@ -94,12 +94,12 @@ def _split(members: list[Curve], fit_on: list[str] | None) -> tuple[list[Curve],
     return fitted, [c for c in members if c.steps[-1] == longest], None
 
 
-def _final(outcome: FitOutcome, design: Design) -> dict[str, float]:
-    """The law's loss at the design's last point, with the bootstrap interval."""
-    value = float(law_loss(outcome.law, outcome.vector(), design)[-1])
-    row = {"value": value}
+def _final(outcome: FitOutcome, eta: np.ndarray, step: int) -> dict[str, float]:
+    """The law's loss after ``step`` steps of the LRs ``eta``, with the bootstrap interval."""
+    design = Design.build(eta, np.array([step]))
+    row = {"value": float(law_loss(outcome.law, outcome.vector(), design)[0])}
     if len(outcome.draws):
-        last = np.array([law_loss(outcome.law, p, design)[-1] for p in outcome.draws])
+        last = np.array([law_loss(outcome.law, p, design)[0] for p in outcome.draws])
         last = last[np.isfinite(last)]
         if len(last):
             row |= {"low": float(np.quantile(last, 0.025)), "high": float(np.quantile(last, 0.975))}
@@ -131,7 +131,7 @@ def fit_group(
                 row["tokens"] = float(curve.steps[-1] * curve.tokens_per_step)
             for name, outcome in outcomes.items():
                 pred = law_loss(name, outcome.vector(), design)
-                row[name] = metrics(pred, y) | {"final": _final(outcome, design)}
+                row[name] = metrics(pred, y) | {"final": _final(outcome, curve.eta, int(design.at[-1]))}
                 if role == "predicted":
                     pooled[name][0].append(pred)
                     pooled[name][1].append(y)
@@ -172,7 +172,7 @@ def predict_schedule(spec: PredictSpec, fitted: list[Curve], outcomes: dict[str,
     out["peak_lr"] = float(lr)
     for name, outcome in outcomes.items():
         out[name] = {
-            "final": _final(outcome, design),
+            "final": _final(outcome, eta, steps),
             "curve": [
                 [int(s), float(v)] for s, v in zip(at, law_loss(name, outcome.vector(), design), strict=True)
             ],

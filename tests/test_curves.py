@@ -187,3 +187,21 @@ def test_curves_on_a_real_tiny_sweep_fits_predicts_and_draws(tiny_sweep_dir):
     assert len(data["figures"]) == 8 and all(p.endswith(".png") for p in data["figures"])
     code, out, _ = invoke("curves", tiny_sweep_dir, "--bootstrap", "0", "--no-plots")
     assert code == 0 and "predicted curves" in out and "pred_e" in out
+
+
+def test_fit_fills_an_untrained_budget_with_predicted_losses_flagged_predicted(tiny_sweep_dir):
+    code, out, err = invoke(
+        "fit", tiny_sweep_dir, "--predicted-budgets", "8192", "--bootstrap", "20", "--json"
+    )
+    assert code == 0, err
+    fit = json.loads(out)
+    predicted = [c for c in fit["cells"] if c.get("predicted")]
+    assert fit["predicted_budgets"]["runs"] == 8 and fit["predicted_budgets"]["cells"] == 2 == len(predicted)
+    assert {c["tokens"] for c in predicted} == {8192} and {c["batch_size"] for c in predicted} == {8, 16}
+    for cell in predicted:
+        assert len(cell["predicted_points"]) == 4
+        for lr, loss, low, high in cell["predicted_points"]:
+            assert lr in (1e-3, 4e-3, 1.6e-2, 6.4e-2) and low <= high and 0 < loss < 10
+    assert not any(c.get("predicted") for c in fit["cells"] if c["tokens"] != 8192)
+    code, _, err = invoke("fit", tiny_sweep_dir, "--predicted-budgets", "8k")
+    assert code == 2 and "--predicted-budgets '8k': expected comma-separated token counts" in err
