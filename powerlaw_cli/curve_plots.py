@@ -40,7 +40,7 @@ def group_figures(data: dict, curves: list[Curve], smooth: int, out: Path) -> li
             design = Design.build(curve.eta, steps)
             for name, style in (("mpl", "-"), ("tissue", "--")):
                 params = [group["laws"][name]["params"][p]["value"] for p in LAWS[name].params]
-                label = f"{run} ({role})" if name == "mpl" else None
+                label = f"{curve.title or run} ({role})" if name == "mpl" else None
                 ax.plot(steps, law_loss(name, params, design), style, color=color, lw=1.2, label=label)
         prediction = group.get("prediction")
         if prediction:

@@ -126,7 +126,8 @@ def fit_group(
                 continue
             design = Design.build(curve.eta, curve.steps[take])
             y = smoothed(curve.loss, smooth)[take]
-            row = {"run": curve.run, "role": role, "steps": int(curve.steps[-1]), "final_loss": float(y[-1])}
+            row = {"run": curve.run, "title": curve.title, "role": role, "steps": int(curve.steps[-1])}
+            row["final_loss"] = float(y[-1])
             if curve.tokens_per_step:
                 row["tokens"] = float(curve.steps[-1] * curve.tokens_per_step)
             for name, outcome in outcomes.items():
@@ -278,48 +279,43 @@ def _keys(found: CurveSet, group_by: list[str] | None) -> list[str]:
 
 
 def report_rows(data: dict) -> dict[str, list[dict[str, Any]]]:
-    """The tables of ``plsweep curves``: {title: rows} of parameters, metrics and predictions."""
+    """The tables of ``plsweep curves``: {title: rows} of parameters, metrics, curves and predictions."""
     from .fit_report import interval
 
-    params, scores, predictions = [], [], []
+    params, scores, curves, predictions = [], [], [], []
     for group in data["groups"]:
         if group["status"] != "fitted":
             continue
+        label = group["label"]
         for name, law in group["laws"].items():
-            params.append(
-                {"group": group["label"], "law": name} | {p: interval(v) for p, v in law["params"].items()}
-            )
+            params.append({"group": label, "law": name} | {p: interval(v) for p, v in law["params"].items()})
             m = law["metrics"] or {}
-            finals = [interval(c[name]["final"]) for c in group["curves"] if c["role"] == "predicted"]
             scores.append(
                 {
-                    "group": group["label"],
+                    "group": label,
                     "law": name,
                     "fitted": len(group["fitted"]),
                     "predicted": len(group["predicted"]),
                 }
                 | {k: f"{m[k]:.4g}" for k in ("r2", "mae", "rmse", "pred_e", "worst_e") if k in m}
-                | {"final (predicted)": ", ".join(finals) or "-"}
-                | {
-                    "final (data)": ", ".join(
-                        f"{c['final_loss']:.4g}" for c in group["curves"] if c["role"] == "predicted"
-                    )
-                    or "-"
-                }
+            )
+        for c in group["curves"]:
+            curves.append(
+                {"group": label, "curve": c["title"] or c["run"], "role": c["role"], "steps": c["steps"]}
+                | {"final (data)": f"{c['final_loss']:.4g}"}
+                | {f"final {name}": interval(c[name]["final"]) for name in LAWS}
+                | {f"pred_e {name}": f"{c[name]['pred_e']:.4g}" for name in LAWS}
             )
         pred = group.get("prediction")
         if pred:
             predictions.append(
-                {
-                    "group": group["label"],
-                    "schedule": pred["schedule"],
-                    "tokens": f"{pred['tokens']:.4g}",
-                    "steps": pred["steps"],
-                }
+                {"group": label, "schedule": pred["schedule"], "tokens": f"{pred['tokens']:.4g}"}
+                | {"steps": pred["steps"]}
                 | {f"final {name}": interval(pred[name]["final"]) for name in LAWS}
             )
     return {
         f"parameters per group (fit on the loss, Huber delta 1e-3; {data['intervals'].split(':')[0]})": params,
-        "predicted curves (metrics over every logged point after the warmup)": scores,
+        "predicted curves per group (metrics over every logged point after the warmup)": scores,
+        "curves (final loss: the data's last logged point against each law, 95% interval)": curves,
         "predicted schedule (final loss, 95% bootstrap interval)": predictions,
     }

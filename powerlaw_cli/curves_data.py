@@ -53,6 +53,7 @@ class Curve:
     warmup_assumed: bool
     tokens_per_step: float | None
     settings: dict[str, Any] = field(default_factory=dict)
+    title: str = ""  # the run's schedule and budget, for figures (a sweep's curves)
 
     @property
     def warmup_steps(self) -> int:
@@ -104,12 +105,13 @@ def load_curves(
         ok = runs[runs["status"] == "ok"]
         keep = ["run_id", *(c for c in MODEL_COLUMNS if c in ok)]
         raw = raw.rename(columns={"lr": "step_lr"}).merge(ok[keep], on="run_id", how="inner")
+        titles = {row.run_id: _title(row) for row in ok.itertuples()}
         columns.setdefault("lr", "step_lr")  # the run's setting lr is its peak; the curve's LR is per step
         settings = [c for c in MODEL_COLUMNS if c in raw]
         where = str(sweep.curves_table_path)
     else:
         raw = _read(table_path(source))
-        settings = None
+        settings, titles = None, {}
         where = str(source)
     names = {ours: columns.get(ours, "run_id" if ours == "run" else ours) for ours in COLUMNS}
     for ours in ("run", "step", "lr"):
@@ -129,6 +131,7 @@ def load_curves(
             rows = rows[rows[loss].notna()]
         try:
             curves.append(_curve(str(run), rows, names, loss, settings))
+            curves[-1].title = titles.get(run, "")
         except ValueError as err:
             rejected[str(run)] = str(err)
     return CurveSet(curves, rejected, loss, where, settings)
@@ -166,6 +169,14 @@ def _curve(run: str, rows: pd.DataFrame, names: dict[str, str], loss: str, setti
     first = rows.iloc[0]
     values = {c: _plain(first[c]) for c in settings if c in rows}
     return Curve(run, steps.astype(int), y, eta, bool(warmup_assumed), tps, values)
+
+
+def _title(run: Any) -> str:
+    """``wsd 1-sqrt 20%, 1.05e+06 tokens``: a sweep run's schedule and budget."""
+    decay = (
+        f" {run.decay_shape} {run.decay_fraction:.0%}" if run.schedule in ("wsd", "wsd_s", "power") else ""
+    )
+    return f"{run.schedule}{decay}, {run.tokens:.3g} tokens"
 
 
 def _plain(value: Any) -> Any:
