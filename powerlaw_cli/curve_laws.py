@@ -303,9 +303,9 @@ def fit_law(
         names[i]
         for i in range(len(names))
         if np.isfinite(lb[i])
-        and abs(best.x[i] - lb[i]) < 1e-6
+        and abs(best.x[i] - lb[i]) < 1e-3
         or np.isfinite(ub[i])
-        and abs(best.x[i] - ub[i]) < 1e-6
+        and abs(best.x[i] - ub[i]) < 1e-3
     ]
     return FitOutcome(
         name,

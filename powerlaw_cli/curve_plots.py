@@ -28,14 +28,14 @@ def group_figures(data: dict, curves: list[Curve], smooth: int, out: Path) -> li
     fitted = [g for g in data["groups"] if g["status"] == "fitted"][:MAX_FIGURES]
     for index, group in enumerate(fitted):
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        low = np.inf
+        low, high = np.inf, -np.inf
         for i, run in enumerate(group["fitted"] + group["predicted"]):
             curve = by_run[run]
             role = "fitted" if run in group["fitted"] else "predicted"
             color = f"C{i % 10}"
             keep = curve.steps > curve.warmup_steps
             steps, y = curve.steps[keep], smoothed(curve.loss, smooth)[keep]
-            low = min(low, float(y.min()))
+            low, high = min(low, float(y.min())), max(high, float(y.max()))
             ax.plot(steps, y, ".", ms=2, color=color, alpha=0.35)
             design = Design.build(curve.eta, steps)
             for name, style in (("mpl", "-"), ("tissue", "--")):
@@ -54,8 +54,7 @@ def group_figures(data: dict, curves: list[Curve], smooth: int, out: Path) -> li
         ax.set_xlabel("step")
         ax.set_ylabel(f"{data['loss_column']}" + (f" (moving mean of {smooth})" if smooth > 1 else ""))
         ax.set_title(f"{group['label']}\nmulti-power law (solid), Tissue et al. 2024 (dashed)", fontsize=9)
-        top = ax.get_ylim()[1]
-        ax.set_ylim(low - 0.05 * (top - low), top)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))  # the data's range
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         paths.append(save(fig, out / _name(group["label"], index)))
