@@ -230,6 +230,11 @@ MAX_POINTS = 10_000
 """Rows of a ``plsweep schedule`` table at most (a table, not a data set: use --plot for a curve)."""
 
 
+def schedule_config(name: str, set_: list[str]) -> ScheduleConfig:
+    """The schedule section of a schedule name and its ``--set KEY=VALUE`` settings (``schedule``, ``curves``)."""
+    return section_from_dict(ScheduleConfig, {"name": name, **parse_assignments(set_, "--set")}, "schedule")
+
+
 @app.command()
 @user_errors
 def schedule(
@@ -247,9 +252,7 @@ def schedule(
     """Print a table (or write a PNG) of any LR schedule. Schedule settings go in --set, e.g. -s warmup_tokens=1e7."""
     from .schedules import build_schedule, sample
 
-    fields = {"name": name, **parse_assignments(set_, "--set")}
-    cfg = section_from_dict(ScheduleConfig, fields, "schedule")
-    sched = build_schedule(cfg, lr, int(tokens), batch_size)
+    sched = build_schedule(schedule_config(name, set_), lr, int(tokens), batch_size)
     rows = sample(sched, tokens, points)
     if plot is not None:
         from .plots import plot_schedule

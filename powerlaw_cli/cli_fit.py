@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .bounds import POSITIVE, UNIT
+from .bounds import POSITIVE, UNIT, Range
 from .cli import (
     JsonOption,
+    SetOption,
     app,
     console,
     err_console,
@@ -21,11 +22,12 @@ from .cli import (
     out_option,
     print_json,
     rows_table,
+    schedule_config,
     sweep_progress,
     user_errors,
     warn,
 )
-from .config import DecayShape
+from .config import DecayShape, ScheduleName
 from .export_formats import ExportFormat
 from .fit_optimum import OptimumMethod
 from .fit_spec import BatchUnit
@@ -101,11 +103,18 @@ def fit(
     predict: Annotated[
         list[str], typer.Option(help="print every law at e.g. N=7e9 D=1.4e12 (repeat per variable)")
     ] = [],  # noqa: B006
+    predicted_budgets: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated budgets (tokens) not trained: fill them with each LR's final loss predicted by the multi-power law"
+        ),
+    ] = None,
     out: Annotated[Path | None, out_option("output folder (default: DIR/fit or beside the table)")] = None,
     plots: Annotated[bool, typer.Option(help="write the figures")] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Optimal LR and batch per group, laws over any variables, the loss law; writes fit/fit.json."""
+    from .curves_budgets import parse_budgets
     from .fit import predict_all, run_fit
     from .fit_data import parse_pairs, parse_values
     from .fit_spec import parse_law_options
@@ -130,6 +139,7 @@ def fit(
         n_boot=bootstrap,
         seed=seed,
         top_k_batches=top_k_batches,
+        predicted_budgets=parse_budgets(predicted_budgets) if predicted_budgets else None,
     )
     predictions = predict_all(done.fit, values) if values else {}
     if as_json:
@@ -263,6 +273,84 @@ def export(
         [f"recommendation: {out}"] if out else []
     )
     err_console.print("; ".join(notes), highlight=False, soft_wrap=True, markup=False)
+
+
+# --- curves ------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def curves(
+    source: Annotated[Path, typer.Argument(help="sweep directory, or a CSV/Parquet table of loss curves")],
+    col: Annotated[
+        list[str], typer.Option(help="column mapping OURS=THEIRS for run, step, lr, tokens, e.g. run=name")
+    ] = [],  # noqa: B006
+    loss_column: Annotated[str | None, typer.Option(help="loss column (default train_loss)")] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated columns of one model (default: every setting but schedule, budget, seed)"
+        ),
+    ] = None,
+    fit_on: Annotated[
+        str | None,
+        typer.Option(help="comma-separated runs to fit (default: all but each group's longest curves)"),
+    ] = None,
+    smooth: Annotated[
+        int, typer.Option(min=0, help="moving mean over this many logged points before fitting (0: none)")
+    ] = 0,
+    bootstrap: Annotated[int, typer.Option(min=0, help="block-bootstrap refits per group")] = 50,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the bootstrap")] = 0,
+    predict: Annotated[
+        ScheduleName | None, typer.Option(help="predict this schedule (settings in -s) in every group")
+    ] = None,
+    tokens: Annotated[float | None, number_option("--predict: the run length, tokens", Range(1))] = None,
+    set_: SetOption = [],  # noqa: B006
+    out: Annotated[Path | None, out_option("output folder (default: DIR/curves or beside the table)")] = None,
+    plots: Annotated[bool, typer.Option(help="write the figures")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit the multi-power law (and Tissue et al.'s) to loss curves; predict other curves and schedules."""
+    from .curves import PredictSpec, report_rows, run_curves
+    from .fit_data import parse_pairs
+    from .fit_spec import FitError
+
+    spec = None
+    if predict is not None:
+        if tokens is None:
+            raise FitError("--predict needs the run length: --tokens N")
+        spec = PredictSpec(schedule_config(predict, set_), tokens, dict(item.split("=", 1) for item in set_))
+    elif set_ or tokens is not None:
+        raise FitError("--tokens and -s/--set go with --predict SCHEDULE")
+    columns = {k if k != "run_id" else "run": v for k, v in parse_pairs(col).items()}
+    done = run_curves(
+        source,
+        columns=columns,
+        loss_column=loss_column,
+        group_by=group_by.split(",") if group_by else None,
+        fit_on=fit_on.split(",") if fit_on else None,
+        smooth=smooth,
+        n_boot=bootstrap,
+        seed=seed,
+        predict=spec,
+        out=out,
+        plots=plots,
+    )
+    if as_json:
+        print_json(done.data | {"curves_json": str(done.json_path)})
+        return
+    out_ = out_console()
+    tables = report_rows(done.data)
+    for title, rows in tables.items():
+        if rows:
+            out_.print(rows_table(title, rows))
+    for note in done.data["notes"]:
+        out_.print(f"note: {note}", highlight=False, markup=False)
+    for warning in done.data["warnings"]:
+        out_.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    out_.print(f"curves: {done.json_path}")
+    for figure in done.figures:
+        out_.print(f"figure: {figure}")
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -420,6 +420,7 @@ def run_fit(
     seq_len: int | None = None,
     out: str | Path | None = None,
     plots: bool = True,
+    predicted_budgets: list[float] | None = None,
     **options: Any,
 ) -> FitRun:
     """The fit pipeline: load -> optima -> laws -> fit.json -> figures.
@@ -427,7 +428,9 @@ def run_fit(
     ``source`` is a sweep directory (collected first), a CSV/Parquet table (``columns``, ``loss_column``,
     ``batch_unit``, ``seq_len`` read it: ``fit_data.load_runs``) or a runs data frame. ``out`` is the folder
     of ``fit.json`` and the figures (default: ``default_fit_dir`` for a path; a data frame writes nothing
-    unless ``out`` is given). ``options`` go to ``fit_sweep``.
+    unless ``out`` is given). ``options`` go to ``fit_sweep``. ``predicted_budgets`` (tokens; a sweep
+    directory only) adds each model's predicted final loss at budgets it did not train
+    (``curves_budgets``), flagged ``predicted`` in the cells of fit.json.
     """
     collected = None
     if isinstance(source, pd.DataFrame):
@@ -451,7 +454,27 @@ def run_fit(
             collected = collect(SweepDir(source))
         runs = load_runs(source, columns, loss_column, batch_unit, seq_len)
         out = default_fit_dir(source) if out is None else out
+    predicted = None
+    if predicted_budgets:
+        from .curves_budgets import predicted_runs
+
+        attrs = dict(runs.attrs)
+        predicted, notes = predicted_runs(source, runs, predicted_budgets, seed=options.get("seed", 0))
+        runs = pd.concat([runs, predicted], ignore_index=True)
+        runs.attrs.update(attrs)
     fit = fit_sweep(runs, **options).to_dict()
+    if predicted is not None:
+        from .curves_budgets import flag_cells
+
+        n = flag_cells(fit, predicted)
+        fit["warnings"] += notes
+        fit["predicted_budgets"] = {
+            "budgets": predicted_budgets,
+            "runs": len(predicted),
+            "cells": n,
+            "method": "final loss of each model's own schedule at the budget, by the multi-power law fitted "
+            "on its trained curves (plsweep curves); loss_low/high: 95% block-bootstrap interval",
+        }
     done = FitRun(fit, collected=collected)
     if out is not None:
         done.fit_json = write_fit(fit, out)

@@ -88,6 +88,7 @@ def plot_cell_curves(fit: dict, path: str | Path, max_cells: int = 60) -> Path:
         _light_log_axis(ax)
         name = cell["cell"].replace(", ", "\n")  # one key per line: long labels overlap their neighbours
         label = name if used else f"{name}\n{cell['reason'].split(':')[0]}"
+        label = f"PREDICTED (multi-power law)\n{label}" if cell.get("predicted") else label
         ax.set_title(label, fontsize=6, color="black" if used else "0.4")
         ax.tick_params(labelsize=6)
     shown = f" (first {len(cells)} of {len(fit['cells'])} cells)" if len(cells) < len(fit["cells"]) else ""
