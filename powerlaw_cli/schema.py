@@ -28,11 +28,14 @@ failed: an error stopped it (not a result; ``--retry-failed`` reruns it)."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 
-# Columns holding a setting in a derived form: the data source with its path, the resolved decay length.
+# Columns holding a setting in a derived form: the data source with its path, the resolved decay length
+# and init std.
 _DERIVED_DOCS = {
     "data": "data source and path (source:path)",
     "decay_tokens": "decay length, tokens (0 when the schedule has none)",
     "decay_points": "wsd_s: the budgets at which the main branch decays, comma-separated tokens",
+    "init_std": "init std of embeddings, readout and (at base width) hidden matrices, resolved "
+    "(model.init_std = 0 gives the base-width rule's value)",
 }
 
 
@@ -158,6 +161,7 @@ def setting_values(run: RunConfig) -> dict[str, Any]:
         else 0
     )
     values["decay_points"] = ",".join(str(p) for p in run.schedule.decay_points)
+    values["init_std"] = run.model.init_std_resolved
     return values
 
 
