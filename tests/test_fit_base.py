@@ -119,3 +119,14 @@ def test_fit_warns_when_a_wider_mup_model_is_not_better():
     )
     # sp makes no such promise the check could hold it to
     assert not any("improve with width" in w for w in fit_sweep(width_runs("sp", flat), n_boot=20).warnings)
+
+
+def test_plsweep_fit_prints_the_tuned_base_settings(tmp_path):
+    from test_cli import invoke
+
+    table = tmp_path / "base.csv"
+    base_runs().to_csv(table, index=False)
+    code, stdout, stderr = invoke("fit", table, "--bootstrap", "50", "--no-plots", "--out", tmp_path / "fit")
+    assert code == 0, stderr
+    assert "tuned base settings" in stdout and "init_std=0.08, output_multiplier=" in stdout
+    assert "no law could be fitted" not in stdout + stderr

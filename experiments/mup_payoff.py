@@ -1,0 +1,133 @@
+"""Experiment 1b, muP that pays: tune the base model once, transfer it, and compare the widths with sp.
+
+    python experiments/mup_payoff.py --workers 2       # ~1 hour on a shared 2-core CPU, 144 runs
+
+1. Base tuning: ``sweeps/mup-base.toml`` (LR x init_std x output_multiplier at the base width 32, 128 steps,
+   experiment 1's setup; seed 0) and the same with seed 1 (``mup_payoff/base_seed1.toml``), fitted together
+   by ``run_fit`` (what ``plsweep fit`` runs), whose ``base`` record gives the tuned settings with their
+   intervals (the seeds give the loss noise).
+2. Transfer: ``experiments/mup_payoff/mup_tuned.toml``, muP with the tuned init_std and output_multiplier
+   (written into the file from step 1, rounded) at widths 32..256, 5 LRs around the tuned LR, seed 0, the
+   same 128 steps; ``run_fit`` gives lr_opt per width and the transfer verdict.
+3. Against experiment 1 at the same budget (its recorded results, docs/figures/mup_transfer.json: sp with
+   its own init 0.02 at its best LR per width, and muP with the untuned base, 3 seeds each).
+Writes mup_payoff.{md,json,png} into docs/figures/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from common import FIGURES, HERE, ROOT, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
+
+from powerlaw_cli.fit import run_fit  # noqa: E402
+from powerlaw_cli.plots import save  # noqa: E402
+from powerlaw_cli.spec import load_sweep  # noqa: E402
+
+NAME = "mup_payoff"
+BASE = (ROOT / "sweeps" / "mup-base.toml", HERE / "mup_payoff" / "base_seed1.toml")  # seeds 0 and 1
+TUNED = HERE / "mup_payoff" / "mup_tuned.toml"
+EXPERIMENT_1 = FIGURES / "mup_transfer.json"
+BUDGET = "131072"  # tokens: 128 steps, the budget of both sweeps
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0]).parse_args()
+    base_fit = run_fit(pd.concat([sweep_runs(spec, args) for spec in BASE]), plots=False).fit
+    tuned_fit = run_fit(sweep_runs(TUNED, args), plots=False).fit
+    earlier = json.loads(EXPERIMENT_1.read_text())["variants"]
+    compare = {
+        "mup, tuned base (seed 0)": best_per_width(tuned_fit),
+        "mup, untuned base (experiment 1, 3 seeds)": from_experiment_1(earlier["mup, coupled wd"]),
+        "sp, init 0.02 (experiment 1, 3 seeds)": from_experiment_1(earlier["sp"]),
+    }
+    results = {
+        "base": base_fit["base"],
+        "tuned_file": {
+            "init_std": setting(TUNED, "init_std"),
+            "output_multiplier": setting(TUNED, "output_multiplier"),
+        },
+        "transfer": tuned_fit["transfer"],
+        "lr_opt": {int(c["width"]): lr_of(c) for c in tuned_fit["cells"]},
+        "best_loss": compare,
+        "warnings": tuned_fit["warnings"],
+    }
+    rows = [
+        {
+            "variant": label,
+            **{f"width {w}": f"{b['loss']:.4f} (lr {b['lr']:.3g})" for w, b in sorted(best.items())},
+        }
+        for label, best in compare.items()
+    ]
+    shift = tuned_fit["transfer"].get("shift_factor", {})
+    table = (
+        "Best loss per width at 128 steps (nats/byte; the best grid LR):\n\n"
+        + markdown_table(rows)
+        + f"\nTuned base: {results['tuned_file']}; transfer "
+        + f"{tuned_fit['transfer'].get('verdict', '-')}: shift {fmt(shift.get('value'), shift.get('low'), shift.get('high'))}\n"
+    )
+    write_outputs(NAME, args.figures, table, results)
+    figure(compare, args.figures / f"{NAME}.png")
+
+
+def sweep_runs(spec: Path, args) -> pd.DataFrame:
+    """Run (or resume) a sweep file; its runs table."""
+    return run_sweep(spec, args.results / load_sweep(spec).name, args.workers)
+
+
+def setting(spec: Path, name: str) -> float:
+    """A model setting of a sweep file's base section."""
+    return float(load_sweep(spec).runs[0].model.values[name])
+
+
+def lr_of(cell: dict) -> str:
+    return (
+        fmt(cell["lr_opt"], cell["lr_low"], cell["lr_high"]) if cell["status"] == "used" else cell["reason"]
+    )
+
+
+def best_per_width(fit: dict) -> dict[int, dict]:
+    """Per width: the best (LR, loss) grid point of its cell (seed means)."""
+    out = {}
+    for cell in fit["cells"]:
+        lr, loss, _ = min(cell["points"], key=lambda p: p[1])
+        out[int(cell["width"])] = {"lr": lr, "loss": loss}
+    return out
+
+
+def from_experiment_1(variant: dict) -> dict[int, dict]:
+    return {
+        int(b["width"]): {"lr": b["lr"], "loss": b["loss"], "seed_std": b["seed_std"]}
+        for b in variant[BUDGET]["best"]
+    }
+
+
+def figure(compare: dict[str, dict[int, dict]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, best in compare.items():
+        widths = sorted(best)
+        ax.errorbar(
+            widths,
+            [best[w]["loss"] for w in widths],
+            yerr=[best[w].get("seed_std", 0.0) for w in widths],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("best validation loss at 128 steps, nats/byte")
+    ax.set_title("muP with a tuned base against sp (error bars: seed std)")
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+if __name__ == "__main__":
+    pd.set_option("display.width", 200)
+    main()
