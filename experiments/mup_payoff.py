@@ -1,11 +1,10 @@
 """Experiment 1b, muP that pays: tune the base model once, transfer it, and compare the widths with sp.
 
-    python experiments/mup_payoff.py --workers 2       # ~1 hour on a shared 2-core CPU, 144 runs
+    python experiments/mup_payoff.py --workers 2       # ~45 min on a shared 2-core CPU, 84 runs
 
-1. Base tuning: ``sweeps/mup-base.toml`` (LR x init_std x output_multiplier at the base width 32, 128 steps,
-   experiment 1's setup; seed 0) and the same with seed 1 (``mup_payoff/base_seed1.toml``), fitted together
-   by ``run_fit`` (what ``plsweep fit`` runs), whose ``base`` record gives the tuned settings with their
-   intervals (the seeds give the loss noise).
+1. Base tuning: ``mup_payoff/base.toml``, ``sweeps/mup-base.toml`` with seed 0 only (LR x init_std x
+   output_multiplier at the base width 32, 128 steps, experiment 1's setup), and ``run_fit`` (what
+   ``plsweep fit`` runs), whose ``base`` record gives the tuned settings (no intervals with one seed).
 2. Transfer: ``experiments/mup_payoff/mup_tuned.toml``, muP with the tuned init_std and output_multiplier
    (written into the file from step 1, rounded) at widths 32..256, 5 LRs around the tuned LR, seed 0, the
    same 128 steps; ``run_fit`` gives lr_opt per width and the transfer verdict.
@@ -24,14 +23,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from common import FIGURES, HERE, ROOT, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
+from common import FIGURES, HERE, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
 
 from powerlaw_cli.fit import run_fit  # noqa: E402
 from powerlaw_cli.plots import save  # noqa: E402
 from powerlaw_cli.spec import load_sweep  # noqa: E402
 
 NAME = "mup_payoff"
-BASE = (ROOT / "sweeps" / "mup-base.toml", HERE / "mup_payoff" / "base_seed1.toml")  # seeds 0 and 1
+BASE = HERE / "mup_payoff" / "base.toml"  # sweeps/mup-base.toml with seed 0 only
 TUNED = HERE / "mup_payoff" / "mup_tuned.toml"
 EXPERIMENT_1 = FIGURES / "mup_transfer.json"
 BUDGET = "131072"  # tokens: 128 steps, the budget of both sweeps
@@ -39,7 +38,7 @@ BUDGET = "131072"  # tokens: 128 steps, the budget of both sweeps
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
-    base_fit = run_fit(pd.concat([sweep_runs(spec, args) for spec in BASE]), plots=False).fit
+    base_fit = run_fit(sweep_runs(BASE, args), plots=False).fit
     tuned_fit = run_fit(sweep_runs(TUNED, args), plots=False).fit
     earlier = json.loads(EXPERIMENT_1.read_text())["variants"]
     compare = {

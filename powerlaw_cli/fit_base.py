@@ -93,7 +93,9 @@ def _context_optimum(part, tuned, options, rng, n_draws, ci) -> dict[str, Any]:
     sigma = used["loss_sigma"].to_numpy(float)
     if n_draws < 1 or not np.all(np.isfinite(sigma)):
         record["notes"].append(
-            "no intervals: the loss noise of the groups is unknown" if n_draws else "no draws"
+            "no intervals: the groups' loss noise is unknown (run two or more seeds)"
+            if n_draws
+            else "no draws"
         )
         return record
     lr_sigma = np.nan_to_num(used["sigma_log2"].to_numpy(float))
@@ -127,13 +129,15 @@ def _profile_optimum(values: np.ndarray, loss: np.ndarray, name: str, options: d
 
 
 def base_warnings(base: list[dict[str, Any]]) -> list[str]:
-    """One warning per tuned setting whose best value is not interior to its grid."""
+    """One warning per tuned setting whose best value is not interior to its grid, and per record without
+    intervals."""
     out = []
     for record in base:
+        where = f" ({record['context']})" if record["context"] != "all" else ""
         for name, s in record.get("settings", {}).items():
             if s["status"] != "used":
-                where = f" ({record['context']})" if record["context"] != "all" else ""
                 out.append(
                     f"base setting {name}{where}: {s['reason']}; widen its grid (the value reported is that grid point)"
                 )
+        out += [f"base settings{where}: {note}" for note in record.get("notes", []) if note.startswith("no ")]
     return out

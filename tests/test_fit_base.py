@@ -78,6 +78,16 @@ def test_a_base_optimum_on_the_grid_edge_is_flagged_and_warned_about():
     assert fit["base"][0]["settings"]["output_multiplier"]["status"] == "used"
 
 
+def test_one_seed_gives_the_base_settings_without_intervals_and_says_why():
+    fit = fit_sweep(base_runs(seeds=1, lrs=(2**-8, 2**-7, 2**-6)), n_boot=50).to_dict()
+    (base,) = fit["base"]
+    assert base["status"] == "tuned" and "low" not in base["settings"]["init_std"]
+    assert (
+        "base settings: no intervals: the groups' loss noise is unknown (run two or more seeds)"
+        in fit["warnings"]
+    )
+
+
 def test_a_sweep_without_base_settings_has_no_base_record():
     runs = base_runs(inits=(0.02,), outs=(1.0,))
     runs = pd.concat([runs.assign(tokens=t) for t in (1e5, 2e5, 4e5)])
