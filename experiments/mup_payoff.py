@@ -1,13 +1,14 @@
 """Experiment 1b, muP that pays: tune the base model once, transfer it, and compare the widths with sp.
 
-    python experiments/mup_payoff.py --workers 2       # ~45 min on a shared 2-core CPU, 84 runs
+    python experiments/mup_payoff.py --workers 2       # ~1 hour on a shared 2-core CPU, 108 runs
 
 1. Base tuning: ``mup_payoff/base.toml``, ``sweeps/mup-base.toml`` with seed 0 only (LR x init_std x
    output_multiplier at the base width 32, 128 steps, experiment 1's setup), and ``run_fit`` (what
    ``plsweep fit`` runs), whose ``base`` record gives the tuned settings (no intervals with one seed).
-2. Transfer: ``experiments/mup_payoff/mup_tuned.toml``, muP with the tuned init_std and output_multiplier
-   (written into the file from step 1, rounded) at widths 32..256, 5 LRs around the tuned LR, seed 0, the
-   same 128 steps; ``run_fit`` gives lr_opt per width and the transfer verdict.
+2. Transfer: ``experiments/mup_payoff/mup_tuned.toml`` (seed 0) and ``mup_tuned_seed1.toml`` (seed 1), muP
+   with the tuned init_std and output_multiplier (written into the files from step 1, rounded) at widths
+   32..256, 6 LRs around the tuned LR, the same 128 steps; ``run_fit`` on both seeds gives lr_opt per width
+   and the transfer verdict.
 3. Against experiment 1 at the same budget (its recorded results, docs/figures/mup_transfer.json: sp with
    its own init 0.02 at its best LR per width, and muP with the untuned base, 3 seeds each).
 Writes mup_payoff.{md,json,png} into docs/figures/.
@@ -31,7 +32,7 @@ from powerlaw_cli.spec import load_sweep  # noqa: E402
 
 NAME = "mup_payoff"
 BASE = HERE / "mup_payoff" / "base.toml"  # sweeps/mup-base.toml with seed 0 only
-TUNED = HERE / "mup_payoff" / "mup_tuned.toml"
+TUNED = (HERE / "mup_payoff" / "mup_tuned.toml", HERE / "mup_payoff" / "mup_tuned_seed1.toml")  # seeds 0, 1
 EXPERIMENT_1 = FIGURES / "mup_transfer.json"
 BUDGET = "131072"  # tokens: 128 steps, the budget of both sweeps
 
@@ -39,37 +40,43 @@ BUDGET = "131072"  # tokens: 128 steps, the budget of both sweeps
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
     base_fit = run_fit(sweep_runs(BASE, args), plots=False).fit
-    tuned_fit = run_fit(sweep_runs(TUNED, args), plots=False).fit
+    tuned_runs = pd.concat([sweep_runs(spec, args) for spec in TUNED])
+    tuned_fit = run_fit(tuned_runs, plots=False).fit
     earlier = json.loads(EXPERIMENT_1.read_text())["variants"]
     compare = {
-        "mup, tuned base (seed 0)": best_per_width(tuned_fit),
+        f"mup, tuned base ({tuned_runs['seed'].nunique()} seeds)": best_per_width(tuned_runs),
         "mup, untuned base (experiment 1, 3 seeds)": from_experiment_1(earlier["mup, coupled wd"]),
         "sp, init 0.02 (experiment 1, 3 seeds)": from_experiment_1(earlier["sp"]),
     }
     results = {
         "base": base_fit["base"],
-        "tuned_file": {
-            "init_std": setting(TUNED, "init_std"),
-            "output_multiplier": setting(TUNED, "output_multiplier"),
-        },
+        "tuned_file": {name: setting(TUNED[0], name) for name in ("init_std", "output_multiplier")},
         "transfer": tuned_fit["transfer"],
         "lr_opt": {int(c["width"]): lr_of(c) for c in tuned_fit["cells"]},
+        "loss_noise": tuned_fit["loss_noise"],
         "best_loss": compare,
         "warnings": tuned_fit["warnings"],
     }
     rows = [
         {
             "variant": label,
-            **{f"width {w}": f"{b['loss']:.4f} (lr {b['lr']:.3g})" for w, b in sorted(best.items())},
+            **{
+                f"width {w}": f"{b['loss']:.4f} ± {b['seed_std']:.4f} (lr {b['lr']:.3g})"
+                for w, b in sorted(best.items())
+            },
         }
         for label, best in compare.items()
     ]
+    lr_rows = [{"width": w, "lr_opt [95%]": text} for w, text in sorted(results["lr_opt"].items())]
     shift = tuned_fit["transfer"].get("shift_factor", {})
     table = (
-        "Best loss per width at 128 steps (nats/byte; the best grid LR):\n\n"
+        "Best loss per width at 128 steps (nats/byte, seed mean ± std at the best grid LR):\n\n"
         + markdown_table(rows)
+        + "\nmuP with the tuned base, lr_opt per width (seeds pooled):\n\n"
+        + markdown_table(lr_rows)
         + f"\nTuned base: {results['tuned_file']}; transfer "
-        + f"{tuned_fit['transfer'].get('verdict', '-')}: shift {fmt(shift.get('value'), shift.get('low'), shift.get('high'))}\n"
+        + f"{tuned_fit['transfer'].get('verdict', '-')}: shift "
+        + f"{fmt(shift.get('value'), shift.get('low'), shift.get('high'))}\n"
     )
     write_outputs(NAME, args.figures, table, results)
     figure(compare, args.figures / f"{NAME}.png")
@@ -91,12 +98,19 @@ def lr_of(cell: dict) -> str:
     )
 
 
-def best_per_width(fit: dict) -> dict[int, dict]:
-    """Per width: the best (LR, loss) grid point of its cell (seed means)."""
+def best_per_width(runs: pd.DataFrame) -> dict[int, dict]:
+    """Per width: the best grid LR by the seed-mean loss, that mean, and the seeds' std there."""
     out = {}
-    for cell in fit["cells"]:
-        lr, loss, _ = min(cell["points"], key=lambda p: p[1])
-        out[int(cell["width"])] = {"lr": lr, "loss": loss}
+    for width, part in runs[runs["status"] == "ok"].groupby("width"):
+        by_lr = part.groupby("lr")["loss"].agg(["mean", "std", "count"])
+        lr = float(by_lr["mean"].idxmin())
+        row = by_lr.loc[lr]
+        out[int(width)] = {
+            "lr": lr,
+            "loss": float(row["mean"]),
+            "seed_std": float(row["std"]) if row["count"] > 1 else 0.0,
+            "seeds": int(row["count"]),
+        }
     return out
 
 
