@@ -7,8 +7,8 @@
    ``plsweep fit`` runs), whose ``base`` record gives the tuned settings (no intervals with one seed).
 2. Transfer: ``experiments/mup_payoff/mup_tuned.toml`` (seed 0) and ``mup_tuned_seed1.toml`` (seed 1), muP
    with the tuned init_std and output_multiplier (written into the files from step 1, rounded) at widths
-   32..256, 6 LRs around the tuned LR, the same 128 steps; ``run_fit`` on both seeds gives lr_opt per width
-   and the transfer verdict.
+   32..256, 6 LRs around the tuned LR, the same 128 steps; experiment 1's ``fit_widths`` (``run_fit`` with
+   the law lr_opt ~ width) on both seeds gives lr_opt per width and the transfer verdict.
 3. Against experiment 1 at the same budget (its recorded results, docs/figures/mup_transfer.json: sp with
    its own init 0.02 at its best LR per width, and muP with the untuned base, 3 seeds each).
 Writes mup_payoff.{md,json,png} into docs/figures/.
@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import FIGURES, HERE, arguments, fmt, markdown_table, run_sweep, write_outputs  # noqa: E402
+from mup_transfer import best_losses, fit_widths  # noqa: E402
 
 from powerlaw_cli.fit import run_fit  # noqa: E402
 from powerlaw_cli.plots import save  # noqa: E402
@@ -41,10 +42,12 @@ def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
     base_fit = run_fit(sweep_runs(BASE, args), plots=False).fit
     tuned_runs = pd.concat([sweep_runs(spec, args) for spec in TUNED])
-    tuned_fit = run_fit(tuned_runs, plots=False).fit
+    tuned_fit = fit_widths(tuned_runs, n_boot=1000)
     earlier = json.loads(EXPERIMENT_1.read_text())["variants"]
     compare = {
-        f"mup, tuned base ({tuned_runs['seed'].nunique()} seeds)": best_per_width(tuned_runs),
+        f"mup, tuned base ({tuned_runs['seed'].nunique()} seeds)": {
+            b["width"]: b for b in best_losses(tuned_runs)
+        },
         "mup, untuned base (experiment 1, 3 seeds)": from_experiment_1(earlier["mup, coupled wd"]),
         "sp, init 0.02 (experiment 1, 3 seeds)": from_experiment_1(earlier["sp"]),
     }
@@ -98,22 +101,6 @@ def lr_of(cell: dict) -> str:
     )
 
 
-def best_per_width(runs: pd.DataFrame) -> dict[int, dict]:
-    """Per width: the best grid LR by the seed-mean loss, that mean, and the seeds' std there."""
-    out = {}
-    for width, part in runs[runs["status"] == "ok"].groupby("width"):
-        by_lr = part.groupby("lr")["loss"].agg(["mean", "std", "count"])
-        lr = float(by_lr["mean"].idxmin())
-        row = by_lr.loc[lr]
-        out[int(width)] = {
-            "lr": lr,
-            "loss": float(row["mean"]),
-            "seed_std": float(row["std"]) if row["count"] > 1 else 0.0,
-            "seeds": int(row["count"]),
-        }
-    return out
-
-
 def from_experiment_1(variant: dict) -> dict[int, dict]:
     return {
         int(b["width"]): {"lr": b["lr"], "loss": b["loss"], "seed_std": b["seed_std"]}
@@ -137,7 +124,7 @@ def figure(compare: dict[str, dict[int, dict]], path: Path) -> None:
     ax.set_xlabel("width")
     ax.set_ylabel("best validation loss at 128 steps, nats/byte")
     ax.set_title("muP with a tuned base against sp (error bars: seed std)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
     save(fig, path)
 
 
