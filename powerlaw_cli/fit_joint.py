@@ -213,7 +213,12 @@ def _steplaw_band(group: pd.DataFrame, band: float) -> dict:
         ],
         float,
     ).reshape(-1, 3)  # (lr, batch, seed-mean loss)
-    out: dict[str, Any] = {"batch_varied": True, "n_batches": group["batch_size"].nunique(), "notes": []}
+    out: dict[str, Any] = {
+        "batch_varied": True,
+        "n_batches": group["batch_size"].nunique(),
+        "profile": group[list(PROFILE)].to_dict(orient="records"),  # the cells' optima, for the figure
+        "notes": [],
+    }
     if not len(points):
         return out | _excluded("too_few_points: no finite point in the group")
     best = points[:, 2].min()

@@ -412,7 +412,6 @@ def test_band_mode_is_checked_and_the_cli_takes_it(tmp_path):
         "steplaw",
         "--bootstrap",
         "20",
-        "--no-plots",
         "--out",
         tmp_path,
         "--json",
@@ -421,3 +420,6 @@ def test_band_mode_is_checked_and_the_cli_takes_it(tmp_path):
     data = json.loads(stdout)
     assert data["options"]["band_mode"] == "steplaw"
     assert {g["method"] for g in data["groups"]} == {"band_steplaw"}
+    assert (
+        tmp_path / "groups.png"
+    ).stat().st_size > 5000  # the batch profiles are drawn for these groups too
