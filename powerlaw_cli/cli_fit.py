@@ -24,8 +24,7 @@ from .cli import (
 )
 from .config import DecayShape
 from .export_formats import ExportFormat
-from .fit_joint import BandMode
-from .fit_optimum import OptimumMethod
+from .fit_optimum import BandMode, OptimumMethod
 from .fit_spec import BatchUnit
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from .fit_cells import CARRIED, cell_curves, find_cell_optima, grouping, point_n
 from .fit_data import BatchUnit, load_runs, prepare_runs
 from .fit_groups import top_k_gamma, transfer_check, width_loss_warnings
 from .fit_io import default_fit_dir, find_fit, predict, predict_all, read_fit, write_fit
-from .fit_joint import BAND_MODES, joint_optima, loss_groups
+from .fit_joint import joint_optima, loss_groups
 from .fit_laws import FitError, LawSpec, Prediction, batch_in_tokens, failed_law, fit_law, parse_law
-from .fit_optimum import METHODS
+from .fit_optimum import BAND_MODES, METHODS
 from .fit_spec import UNITS as QUANTITY_UNITS
 from .store import json_ready
 

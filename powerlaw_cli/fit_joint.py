@@ -34,7 +34,7 @@ law's variables are constant inside a group). Intervals: the kept points' range 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,9 +44,6 @@ from .fit_groups import group_label
 from .fit_optimum import Optimum, find_optimum, normal_z
 
 PROFILE = ("batch_size", "loss_opt", "lr_opt", "status")
-BandMode = Literal["profile", "steplaw"]
-BAND_MODES: tuple[str, ...] = get_args(BandMode)
-"""How ``method="band"`` finds a 2-D group's optimum: today's profile over batch, or Step Law's band of points."""
 
 
 def joint_optima(
