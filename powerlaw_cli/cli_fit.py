@@ -29,7 +29,7 @@ from .cli import (
 )
 from .config import DecayShape, ScheduleName
 from .export_formats import ExportFormat
-from .fit_optimum import OptimumMethod
+from .fit_optimum import BandMode, OptimumMethod
 from .fit_spec import BatchUnit
 
 if TYPE_CHECKING:
@@ -77,6 +77,14 @@ def fit(
             "band: keep points within this relative margin of the best loss (0.0025 = 0.25%)", UNIT
         ),
     ] = 0.0025,
+    band_mode: Annotated[
+        BandMode,
+        typer.Option(
+            help="with --method band, a group whose batch varies: profile (the batch profile of the cells' "
+            "optima) or steplaw (Step Law's: every (LR, batch) point within --band of the group's best loss, "
+            "fitted together)"
+        ),
+    ] = "profile",
     min_points: Annotated[
         int, typer.Option(min=3, help="fewest finite LRs per cell (and usable batches per group)")
     ] = 3,
@@ -132,6 +140,7 @@ def fit(
         method=method,
         window=window,
         band=band,
+        band_mode=band_mode,
         min_points=min_points,
         laws=parse_law_options(law),
         robust=robust,
@@ -177,6 +186,11 @@ def render_fit(data: dict, path: Path | None, figures: list[Path], predictions: 
     if groups:
         used = sum(g["status"] == "used" for g in groups)
         out.print(rows_table(f"groups (joint LR x batch optimum): {used} used of {len(groups)}", groups))
+    base = report.base_rows(data)
+    if base:
+        out.print(
+            rows_table("tuned base settings (profile optimum of each, the LR at the best group; 95%)", base)
+        )
     n = data["n_cells"]
     if data["mode"] == "sweep" and groups:
         out.print(f"cells: {n['used']} used of {n['total']} (one LR curve per batch; each in fit.json)")

@@ -109,7 +109,23 @@ class ModelConfig(Section):
         "muP: head_dim of the base model (0: base_width / n_heads, i.e. n_heads fixed across widths; "
         "set it to head_dim when heads grow with width at a fixed head size)",
     )
-    init_std: float = setting(0.02, "init std of embeddings, readout and (at base width) hidden matrices")
+    init_std: float = setting(
+        0.02,
+        "init std of embeddings, readout and (at base width) hidden matrices; 0: the base-width rule "
+        "0.02 * sqrt(256 / base_width) (0.0566 at base width 32; docs/mup.md)",
+    )
+    embedding_multiplier: float = setting(
+        1.0,
+        "constant multiplier of the embedding output (tokens + learned positions), the same at every width "
+        "(muP's input multiplier: tune it at the base width, it transfers)",
+        legacy=1.0,
+    )
+    output_multiplier: float = setting(
+        1.0,
+        "constant multiplier of the logits, on top of mup's 1/m and the same at every width (muP's output "
+        "multiplier: tune it at the base width, it transfers)",
+        legacy=1.0,
+    )
     positions: Literal["rotary", "learned"] = setting(
         "rotary", "rotary (RoPE, no parameters) or learned absolute positions"
     )
@@ -133,7 +149,9 @@ class ModelConfig(Section):
             )
         require(self.base_head_dim >= 0, "model", "base_head_dim", "must be >= 0")
         require(0 < self.mlp_ratio <= MAX_MLP_RATIO, "model", "mlp_ratio", f"must be in (0, {MAX_MLP_RATIO}]")
-        require(self.init_std > 0, "model", "init_std", "must be > 0")
+        require(self.init_std >= 0, "model", "init_std", "must be >= 0 (0: the base-width rule)")
+        for name in ("embedding_multiplier", "output_multiplier"):
+            require(getattr(self, name) > 0, "model", name, "must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -143,6 +161,11 @@ class ModelConfig(Section):
     def base_head_dim_resolved(self) -> int:
         """The base model's head_dim, relative to which muP scales attention scores."""
         return self.base_head_dim or self.base_width // self.n_heads
+
+    @property
+    def init_std_resolved(self) -> float:
+        """The init std in use: ``init_std``, or for 0 the base-width rule ``base_width_init_std``."""
+        return self.init_std or base_width_init_std(self.base_width)
 
     @property
     def width_multiplier(self) -> float:
@@ -175,6 +198,16 @@ class ModelConfig(Section):
             + 6 * self.width * self.vocab_size
             + 12 * self.depth * self.width * self.seq_len
         )
+
+
+def base_width_init_std(base_width: int) -> float:
+    """``model.init_std = 0``'s rule: 0.02 * sqrt(256 / base_width).
+
+    The Power paper's muP base (width 256, init std 0.02) carried to another base width by the
+    1 / sqrt(fan_in) rule that muP itself applies to hidden matrices: 0.0566 at base width 32, the value
+    experiment 1's diagnosis found better at every width (docs/mup.md).
+    """
+    return 0.02 * (256 / base_width) ** 0.5
 
 
 @dataclass(frozen=True)

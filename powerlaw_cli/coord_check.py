@@ -38,7 +38,7 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 
 def modules_of_interest(model: GPT) -> dict[str, torch.nn.Module]:
     """The modules whose output the check records, by the name used in its table, in forward order."""
-    out: dict[str, torch.nn.Module] = {"embedding": model.wte}
+    out: dict[str, torch.nn.Module] = {"embedding": model.wte}  # before embedding_multiplier
     for i, block in enumerate(model.blocks):
         out[f"block{i}.attn"] = block.attn  # attention output projection, before the residual add
         out[f"block{i}.mlp"] = block.mlp  # MLP output projection, before the residual add
@@ -63,6 +63,8 @@ def coord_check(
     vocab_size: int = 256,
     base_width: int | None = None,
     positions: Literal["rotary", "learned"] = "rotary",
+    embedding_multiplier: float = 1.0,
+    output_multiplier: float = 1.0,
 ) -> pd.DataFrame:
     """Mean |output| of every module of interest: columns parametrization, seed, width, step, module, l1.
 
@@ -70,7 +72,9 @@ def coord_check(
     ``param_groups``, no weight decay, no clipping). Seed s initialises every width and draws the one
     batch of ``batch_size`` random sequences all widths train on; ``n_seeds`` repeats with seeds
     seed, seed + 1, ... ``base_width`` defaults to the smallest width, where mup and sp coincide.
-    n_heads is fixed, so head_dim grows with width, as muP's attention scale assumes.
+    n_heads is fixed, so head_dim grows with width, as muP's attention scale assumes. The multipliers
+    are muP's width-independent constants (``ModelConfig``): the same at every width, they must keep the
+    curves flat.
     The batch is small (256 tokens) so that the check is fast and stable at a high LR on one repeated batch.
     """
     base_width = min(widths) if base_width is None else base_width
@@ -90,6 +94,8 @@ def coord_check(
                 parametrization=parametrization,
                 base_width=base_width,
                 positions=positions,
+                embedding_multiplier=embedding_multiplier,
+                output_multiplier=output_multiplier,
             )
             rows += _train_and_record(GPT(cfg, seed=s), idx, targets, lr, steps, {"seed": s, "width": width})
     df = pd.DataFrame(rows)

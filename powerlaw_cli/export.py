@@ -28,6 +28,7 @@ from typing import Any, get_args
 
 from .bounds import POSITIVE, UNIT
 from .config import DecayShape
+from .fit_base import BASE_SETTINGS
 from .fit_spec import FitError
 from .schedules import PowerSchedule
 from .store import json_ready
@@ -40,6 +41,8 @@ TRAINER_SETTINGS = (
     "base_width",
     "base_head_dim",
     "init_std",
+    "embedding_multiplier",
+    "output_multiplier",
     "beta1",
     "beta2",
     "eps",
@@ -48,7 +51,8 @@ TRAINER_SETTINGS = (
     "grad_clip",
 )
 """The proxy's settings a target's trainer must reproduce for the fitted LR to transfer (beyond the law's
-variables): the parametrization the LR is a base LR of, and the optimizer it was tuned with."""
+variables): the parametrization the LR is a base LR of, the base model's settings muP carries to every width
+(init_std and the multipliers, tuned at the base width: docs/mup.md), and the optimizer it was tuned with."""
 
 UNITS = {
     "lr": "base Adam LR at width == base_width (muP), absolute",
@@ -96,6 +100,7 @@ def export(
         "units": UNITS,
         "source": fit.get("source"),
         "proxy": proxy_settings(lr_law),
+        "base": [b for b in fit.get("base") or [] if b.get("status") == "tuned"] or None,
     }
     loss_name = _choose(fit, "loss_opt", loss_law, values, given, required=loss_law != "auto")
     if loss_name:
@@ -132,14 +137,19 @@ def _trainer_note(s: dict[str, Any]) -> str:
     """In words: the optimizer and parametrization the target must use for the peak LR to mean the same."""
     adam = ", ".join(f"{k}={s[k]}" for k in ("beta1", "beta2", "eps", "grad_clip") if k in s)
     note = f"AdamW ({adam})" if adam else "AdamW"
+    emb, out = s.get("embedding_multiplier", 1.0), s.get("output_multiplier", 1.0)
+    multipliers = f"embedding output x {emb:g} at every width; " if emb != 1.0 else ""
     if s.get("parametrization") == "mup":
+        readout = f"{out:g} / m" if out != 1.0 else "1/m"
         note += (
             f"; muP with m = width / {s.get('base_width', 'base_width')} (the peak LR is the base LR; "
-            f"hidden matrices: LR x 1/m, init {s.get('init_std', 'init_std')} / sqrt(m); readout logits x 1/m; attention "
-            "q.k x sqrt(base_head_dim) / head_dim: the table of powerlaw_cli/model.py)"
+            f"hidden matrices: LR x 1/m, init {s.get('init_std', 'init_std')} / sqrt(m); {multipliers}"
+            f"readout logits x {readout}; attention q.k x sqrt(base_head_dim) / head_dim: the table of "
+            "powerlaw_cli/model.py)"
         )
     elif s.get("parametrization") == "sp":
-        note += "; standard parametrization (one LR for every parameter)"
+        logits = f"logits x {out:g}; " if out != 1.0 else ""
+        note += f"; standard parametrization (one LR for every parameter; {multipliers}{logits}init {s.get('init_std', 'init_std')})"
     if "weight_decay" in s:
         wd, rule = s["weight_decay"], s.get("weight_decay_rule", "coupled")
         if s.get("parametrization") == "mup" and rule == "independent":
@@ -366,6 +376,12 @@ def _warnings(fit, out, lr_name, loss_name, batch, given, values) -> list[str]:
             f"law {lr_name} gives the LR at the optimal batch {opt['value']:.4g} [{opt['low']:.4g}, "
             f"{opt['high']:.4g}], not at the given batch {batch['used']}"
         )
+    warn += [
+        f"law {lr_name} pools {k}: its LR averages proxies with different base models; fit the runs of one "
+        f"{k} (the tuned one) so that the trainer note names the base the LR belongs to"
+        for k in lr_law.get("pools", [])
+        if k in BASE_SETTINGS
+    ]
     transfer = fit.get("transfer", {})
     if transfer.get("verdict") in ("shifts", "uncertain"):
         warn.append(f"muP transfer across widths {transfer.get('widths')}: {transfer['verdict']}")

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .fit_base import base_optima, base_warnings
 from .fit_cells import CARRIED, cell_curves, find_cell_optima, grouping, point_noise
 from .fit_data import BatchUnit, load_runs, prepare_runs
-from .fit_groups import top_k_gamma, transfer_check
+from .fit_groups import top_k_gamma, transfer_check, width_loss_warnings
 from .fit_io import default_fit_dir, find_fit, predict, predict_all, read_fit, write_fit
 from .fit_joint import joint_optima, loss_groups
 from .fit_laws import FitError, LawSpec, Prediction, batch_in_tokens, failed_law, fit_law, parse_law
-from .fit_optimum import METHODS
+from .fit_optimum import BAND_MODES, METHODS
 from .fit_spec import UNITS as QUANTITY_UNITS
 from .store import json_ready
 
@@ -78,6 +79,7 @@ class FitResult:
     transfer: dict
     warnings: list[str] = field(default_factory=list)
     noise: dict[str, Any] = field(default_factory=dict)
+    base: list[dict] = field(default_factory=list)  # the tuned base settings (fit_base), per context
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: numpy scalars become Python numbers, NaN becomes None."""
@@ -102,6 +104,7 @@ class FitResult:
                 "warnings": self.warnings,
                 "laws": self.laws,
                 "transfer": self.transfer,
+                "base": self.base,
                 "cells": self.cells.to_dict(orient="records"),
                 "groups": self.groups.to_dict(orient="records"),
             }
@@ -130,10 +133,12 @@ def check_options(
     ci: float,
     top_k_batches: int | None,
     transfer_tolerance: float,
+    band_mode: str = "profile",
 ) -> None:
     """Every fit option in its range, else ``FitError`` naming the option."""
     checks = [
         (method in METHODS, f"--method {method!r}: valid: {', '.join(METHODS)}"),
+        (band_mode in BAND_MODES, f"--band-mode {band_mode!r}: valid: {', '.join(BAND_MODES)}"),
         (window >= 1, f"--window {window}: must be at least 1"),
         (0 < band < 1, f"--band {band}: must be in (0, 1), e.g. 0.0025 for 0.25%"),
         (min_points >= 3, f"--min-points {min_points}: a parabola needs at least 3"),
@@ -165,6 +170,7 @@ def fit_sweep(
     ci: float = 0.95,
     top_k_batches: int | None = None,
     transfer_tolerance: float = 2.0,
+    band_mode: str = "profile",
 ) -> FitResult:
     """Fit everything: optima per cell and per group, the laws, and the muP transfer check.
 
@@ -172,7 +178,9 @@ def fit_sweep(
     columns the table has) unless ``default_laws`` is False. ``top_k_batches`` fits ``power`` the paper's
     way (gamma averaged over the k best batches per group). ``n_boot`` is the number of bootstrap
     resamples of every law and of draws of every group's joint optimum. Raises ``FitError`` when fewer
-    than 3 cells (or groups) are usable, or no law can be fitted.
+    than 3 cells (or groups) are usable, or no law can be fitted (a base-tuning sweep, ``fit_base``, needs
+    no law). ``band_mode="steplaw"`` with ``method="band"``: Step Law's estimator per group
+    (``fit_joint``), and laws over groups weighted by each group's number of band points.
     """
     options = {k: v for k, v in locals().items() if k != "runs"}
     check_options(
@@ -184,7 +192,13 @@ def fit_sweep(
         ci=ci,
         top_k_batches=top_k_batches,
         transfer_tolerance=transfer_tolerance,
+        band_mode=band_mode,
     )
+    steplaw = method == "band" and band_mode == "steplaw"
+    if steplaw and weighted:
+        raise FitError(
+            "--weighted and --band-mode steplaw do not combine: Step Law weights groups by their band"
+        )
     if "loss" not in runs:
         runs = prepare_runs(runs, source=str(runs.attrs.get("source", "data frame")))
     group_keys, cell_keys, mode = grouping(runs, group_by)
@@ -216,16 +230,21 @@ def fit_sweep(
             seed=seed,
             ci=ci,
             carry=carry,
+            band_mode=band_mode,
+        )
+        base = base_optima(
+            groups, group_keys, method=method, window=window, band=band, n_draws=n_boot, seed=seed, ci=ci
         )
     else:
         cells, groups = pd.DataFrame(columns=["status"]), loss_groups(runs, group_keys, carry, ci)
         _require_usable(groups, "groups")
+        base = []
     boot = {"n_boot": n_boot, "seed": seed, "ci": ci, "robust": robust}
     fitted = {
-        name: _fit_one(spec, mode, cells, groups, group_keys, weighted, top_k_batches, boot)
+        name: _fit_one(spec, mode, cells, groups, group_keys, weighted, top_k_batches, boot, steplaw)
         for name, spec in specs.items()
     }
-    if all(law["status"] != "fitted" for law in fitted.values()):
+    if all(law["status"] != "fitted" for law in fitted.values()) and not base:
         raise FitError(
             "no law could be fitted: " + "; ".join(f"{n}: {law['error']}" for n, law in fitted.items())
         )
@@ -245,6 +264,7 @@ def fit_sweep(
         fitted,
         transfer,
         noise={"std": noise, "source": noise_source, "unit": "loss, per seed"},
+        base=base,
     )
     result.warnings = _summary_warnings(result)
     if mode == "sweep" and "seed" not in runs:
@@ -303,8 +323,9 @@ def _require_usable(frame: pd.DataFrame, what: str) -> None:
         )
 
 
-def _fit_one(spec: LawSpec, mode: str, cells, groups, group_keys, weighted, top_k, boot) -> dict:
-    """Fit one law to its points: cells for lr_opt laws with the batch, groups for the others."""
+def _fit_one(spec: LawSpec, mode: str, cells, groups, group_keys, weighted, top_k, boot, steplaw) -> dict:
+    """Fit one law to its points: cells for lr_opt laws with the batch, groups for the others (weighted by
+    their band's points under Step Law's estimator, ``steplaw``)."""
     if mode == "losses" and spec.y != "loss_opt":
         return failed_law(
             spec, "the table has no LR sweep (no lr column, or one LR per cell): only loss laws"
@@ -327,6 +348,7 @@ def _fit_one(spec: LawSpec, mode: str, cells, groups, group_keys, weighted, top_
             spec,
             sigma_column=sigma if weighted and spec.form == "power" else None,
             id_column=id_column,
+            weight_column="n_band" if steplaw and not spec.per_cell and _has(points, "n_band") else None,
             **boot,
         )
     except FitError as err:
@@ -388,6 +410,9 @@ def _summary_warnings(result: FitResult) -> list[str]:
                 + (" ..." if len(bad) > 3 else "")
             )
     out += [f"law {name}: {w}" for name, law in result.laws.items() for w in law.get("warnings", [])]
+    out += base_warnings(result.base)
+    if result.mode == "sweep":
+        out += width_loss_warnings(result.cells, result.cell_keys)
     if result.transfer.get("verdict") in ("shifts", "uncertain"):
         t = result.transfer["shift_factor"]
         out.append(
@@ -483,3 +508,8 @@ def run_fit(
 
             done.figures = fit_figures(fit, out)
     return done
+
+
+def _has(points: pd.DataFrame, column: str) -> bool:
+    """Whether every point has a value in ``column``."""
+    return column in points and bool(points[column].notna().all())

@@ -142,3 +142,34 @@ def _transfer_bootstrap(groups, span, n_boot, seed) -> np.ndarray:
         ]
         out[b] = _slope(pick, ys) * span
     return out
+
+
+def width_loss_warnings(cells: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Warnings for muP cells whose best loss does not fall as the width grows (experiment 1's symptom).
+
+    Among used ``mup`` cells that differ only in width (the transfer check's groups), every pair of
+    neighbouring widths where the wider cell's loss_opt is not below the narrower one's gives a warning with
+    both losses and their stds. More width should help; when it does not, the base model (its init_std and
+    multipliers, which muP carries to every width) is the first suspect: tune it (docs/mup.md).
+    """
+    used = cells[cells["status"] == "used"] if "status" in cells else cells.iloc[:0]
+    # a table that does not say it is muP makes no claim to check
+    used = used[used["parametrization"] == "mup"] if "parametrization" in used else used.iloc[:0]
+    if "width" not in used or used["width"].nunique() < 2:
+        return []
+    group_keys = [k for k in keys if k not in WIDTH_LINKED]
+    shown = _varying(used, group_keys)
+    out = []
+    for _, g in used.groupby(group_keys, dropna=False) if group_keys else [((), used)]:
+        g = g.sort_values("width")
+        loss, sigma, width = (g[c].to_numpy(float) for c in ("loss_opt", "loss_sigma", "width"))
+        for i in range(len(g) - 1):
+            if loss[i + 1] >= loss[i]:
+                where = group_label(shown, tuple(g[k].iloc[0] for k in shown))
+                out.append(
+                    f"muP best loss does not improve with width{f' ({where})' if shown else ''}: "
+                    f"{loss[i + 1]:.4g} ± {sigma[i + 1]:.2g} at width {width[i + 1]:g} against "
+                    f"{loss[i]:.4g} ± {sigma[i]:.2g} at width {width[i]:g}; tune the base model "
+                    "(LR, init_std, output_multiplier) at the base width: see docs/mup.md"
+                )
+    return out

@@ -21,6 +21,14 @@ recomputed; a draw whose best batch falls on the profile's edge takes that batch
 in ``edge_draws``). Percentile intervals at ``ci``; ``*_sigma_log2`` are the draws' stds (for weighted laws).
 The errors of a cell's lr_opt and loss_opt are drawn independently (their correlation is not estimated).
 Groups of one batch (a 1-D sweep) take their cell's optimum and its normal interval at ``ci``.
+
+Step Law's own estimator (``band_mode="steplaw"`` with ``method="band"``; Li et al. 2025): no profile.
+Every (LR, batch) point of the group (the seeds' mean loss; from every cell, edges included) within
+``band`` of the group's best loss is kept, and lr_opt and B_opt are the geometric means of the kept
+points' LRs and batches, ``n_band`` their count. A law over groups then weights each group by
+``n_band``, which makes its least squares exactly the paper's least squares over all kept points (the
+law's variables are constant inside a group). Intervals: the kept points' range (``lr_low``..``lr_high``,
+``batch_low``..``batch_high``), ``*_sigma_log2`` their std; loss_opt is the best point's loss.
 """
 
 from __future__ import annotations
@@ -50,10 +58,12 @@ def joint_optima(
     seed: int = 0,
     ci: float = 0.95,
     carry: tuple[str, ...] = CARRIED,
+    band_mode: str = "profile",
 ) -> pd.DataFrame:
     """One row per group of ``cells`` (grouped by ``keys``): B_opt, lr_opt at B_opt, loss_opt, intervals.
 
-    ``carry`` columns outside ``keys`` are kept when constant in the group, else NaN.
+    ``carry`` columns outside ``keys`` are kept when constant in the group, else NaN. ``band_mode``
+    ``steplaw`` with ``method="band"``: Step Law's band of (LR, batch) points (module docstring).
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -61,6 +71,8 @@ def joint_optima(
         group = group.sort_values("batch_size") if "batch_size" in group else group
         if "batch_size" not in group or group["batch_size"].nunique() < 2:
             row.update(_one_batch(group.iloc[0], ci))
+        elif method == "band" and band_mode == "steplaw":
+            row.update(_steplaw_band(group, band))
         else:
             options = {"method": method, "window": window, "band": band, "min_points": min_points}
             row.update(_two_d(group, options, rng, n_draws, ci))
@@ -186,6 +198,59 @@ def _two_d(group: pd.DataFrame, options: dict, rng: np.random.Generator, n_draws
     intervals = _draw_intervals(b, loss, lr, group, used, options, rng, n_draws, ci)
     out["notes"] += intervals.pop("notes", [])
     return out | intervals
+
+
+def _steplaw_band(group: pd.DataFrame, band: float) -> dict:
+    """Step Law's optimum of a 2-D group: the geometric means of its points within ``band`` of the best."""
+    points = np.array(
+        [
+            (lr, b, mean)
+            for b, cell in zip(group["batch_size"], group["points"], strict=True)
+            for lr, mean, _ in cell
+        ],
+        float,
+    ).reshape(-1, 3)  # (lr, batch, seed-mean loss)
+    out: dict[str, Any] = {
+        "batch_varied": True,
+        "n_batches": group["batch_size"].nunique(),
+        "profile": group[list(PROFILE)].to_dict(orient="records"),  # the cells' optima, for the figure
+        "notes": [],
+    }
+    if not len(points):
+        return out | _excluded("too_few_points: no finite point in the group")
+    best = points[:, 2].min()
+    kept = points[points[:, 2] <= best * (1 + band)]
+    log2_lr, log2_b = np.log2(kept[:, 0]), np.log2(kept[:, 1])
+    out["notes"].append(f"{len(kept)} (LR, batch) points within {band:.2%} of the best loss")
+    for what, column in (("LR", 0), ("batch", 1)):
+        if {kept[:, column].min(), kept[:, column].max()} & {
+            points[:, column].min(),
+            points[:, column].max(),
+        }:
+            out["notes"].append(f"the band reaches the grid's edge in {what}")
+    return out | {
+        "status": "used",
+        "reason": "",
+        "method": "band_steplaw",
+        "n_band": len(kept),
+        "band_points": kept.tolist(),
+        "batch_opt": float(2.0 ** log2_b.mean()),
+        "batch_low": float(kept[:, 1].min()),
+        "batch_high": float(kept[:, 1].max()),
+        "batch_sigma_log2": _spread(log2_b),
+        "lr_opt": float(2.0 ** log2_lr.mean()),
+        "lr_low": float(kept[:, 0].min()),
+        "lr_high": float(kept[:, 0].max()),
+        "sigma_log2": _spread(log2_lr),
+        "loss_opt": float(best),
+        "loss_low": float(best),
+        "loss_high": float(best * (1 + band)),
+        "loss_sigma": math.nan,
+    }
+
+
+def _spread(x: np.ndarray) -> float:
+    return float(x.std()) if len(x) > 1 else math.nan
 
 
 def _excluded(reason: str) -> dict:

@@ -64,22 +64,27 @@ def fit_law(
     seed: int = 0,
     ci: float = 0.95,
     id_column: str = "cell",
+    weight_column: str | None = None,
 ) -> dict:
     """Fit ``spec`` to ``points`` (one row per cell or group); return a JSON-ready law record.
 
-    Loss laws go to ``fit_loss.fit_loss_law`` (always Huber on log residuals; ``robust``, ``huber_scale``
-    and ``sigma_column`` apply to power laws only).
+    Loss laws go to ``fit_loss.fit_loss_law`` (always Huber on log residuals; ``robust``, ``huber_scale``,
+    ``sigma_column`` and ``weight_column`` apply to power laws only). ``weight_column``: each point's weight
+    as a count, e.g. the number of runs in a Step-Law band (least squares over the points' means with
+    these weights is least squares over the runs themselves).
     """
     if spec.form == "hoffmann":
         law = fit_loss.fit_loss_law(points, spec, n_boot=n_boot, seed=seed, ci=ci, id_column=id_column)
     else:
-        law = _fit_power(points, spec, robust, huber_scale, sigma_column, n_boot, seed, ci, id_column)
+        weights = (sigma_column, weight_column)
+        law = _fit_power(points, spec, robust, huber_scale, weights, n_boot, seed, ci, id_column)
     law["units"] = spec.units()
     return law
 
 
-def _fit_power(points, spec, robust, huber_scale, sigma_column, n_boot, seed, ci, id_column) -> dict:
-    X, y, w = _design(points, spec, sigma_column)
+def _fit_power(points, spec, robust, huber_scale, weights, n_boot, seed, ci, id_column) -> dict:
+    sigma_column, weight_column = weights
+    X, y, w = _design(points, spec, sigma_column, weight_column)
     coef, scale = _solve(X, y, w, robust, huber_scale)
     # small-sample correction: resampled fits spread like residuals with n, not n - p, degrees of freedom
     boot = coef + math.sqrt(len(y) / (len(y) - len(coef))) * (
@@ -112,7 +117,7 @@ def _fit_power(points, spec, robust, huber_scale, sigma_column, n_boot, seed, ci
         "fitted_in": "natural log",
         "loss": "huber" if robust else "least squares",
         "huber_scale": scale if robust else None,
-        "weighted": sigma_column is not None,
+        "weighted": sigma_column is not None or weight_column is not None,
         "a": {"value": math.exp(coef[0]), "low": math.exp(lows[0]), "high": math.exp(highs[0])},
         "exponents": {v: exponents[v] for v in spec.variables},
         "r2": _r2(y, resid, w),
@@ -129,7 +134,7 @@ def _fit_power(points, spec, robust, huber_scale, sigma_column, n_boot, seed, ci
     return law
 
 
-def _design(points, spec, sigma_column):
+def _design(points, spec, sigma_column, weight_column=None):
     data = law_data(points, spec)
     p = 1 + len(spec.free)
     if len(data) < p + 1:
@@ -146,7 +151,9 @@ def _design(points, spec, sigma_column):
     X = np.column_stack([np.ones(len(data))] + [np.log(data[v].to_numpy()) for v in spec.free])
     if np.linalg.matrix_rank(X) < p:
         raise FitError(f"law {spec.name!r}: the variables {spec.free} are collinear in the usable points")
-    if sigma_column is None:
+    if weight_column is not None:
+        w = points[weight_column].to_numpy(float)
+    elif sigma_column is None:
         w = np.ones(len(data))
     else:
         sig = points[sigma_column].to_numpy(float)

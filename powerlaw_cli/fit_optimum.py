@@ -58,6 +58,10 @@ PARABOLA_BIAS_STEPS = 0.1
 WIDE_PARABOLA_BIAS_STEPS = 0.4
 """The same for a vertex fitted on 5 or more points (wider windows are more biased)."""
 METHODS: tuple[str, ...] = get_args(OptimumMethod)
+BandMode = Literal["profile", "steplaw"]
+BAND_MODES: tuple[str, ...] = get_args(BandMode)
+"""How ``method="band"`` finds the optimum of a group whose batch varies (``fit_joint``): the profile over
+batch of its cells' optima, or Step Law's band of (LR, batch) points."""
 
 
 def normal_z(ci: float) -> float:

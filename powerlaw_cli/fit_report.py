@@ -127,6 +127,30 @@ def group_rows(fit: dict) -> list[dict[str, Any]]:
     ]
 
 
+def base_rows(fit: dict) -> list[dict[str, Any]]:
+    """The tuned base settings (``fit_base``): per context, each setting's optimum, the LR and the loss."""
+    rows = []
+    for b in fit.get("base") or []:
+        if b["status"] != "tuned":
+            rows.append({"context": b["context"], "status": b["status"], "reason": b.get("reason", "")})
+            continue
+        settings = {
+            name: interval(s) + ("" if s["status"] == "used" else f" ({s['status']})")
+            for name, s in b["settings"].items()
+        }
+        rows.append(
+            {
+                "context": b["context"],
+                "status": b["status"],
+                **settings,
+                "lr_opt": interval(b["lr_opt"]),
+                "loss_opt": interval(b["loss_opt"]),
+                "best_group": b["best_group"],
+            }
+        )
+    return rows
+
+
 def cell_rows(fit: dict) -> list[dict[str, Any]]:
     """The LR optimum of every cell."""
     return [

@@ -9,14 +9,14 @@ Parametrizations, with m = width / base_width (``cfg.width_multiplier``):
 =====================  ==========================================  ============================
 parameter              mup (Tensor Programs V, Adam)               sp (standard)
 =====================  ==========================================  ============================
-token/pos embedding    init init_std, LR x1, decay lr * wd         init init_std, LR x1,
-                                                                   decay lr * wd
+token/pos embedding    init init_std, LR x1, decay lr * wd,        init init_std, LR x1,
+                       output x embedding_multiplier (constant)    decay lr * wd, same multiplier
 hidden matrices        init init_std / sqrt(m), LR x 1/m           init init_std, LR x1
 (qkv, attn proj,       (output projections also / sqrt(2 depth))   (same / sqrt(2 depth))
 MLP fc, MLP proj)      decay: see below                            decay lr * wd
 norm gains             init 1, LR x1, no weight decay              same
-readout                init init_std, LR x1, logits x 1/m,         init init_std, LR x1,
-                       decay lr * wd                               decay lr * wd
+readout                init init_std, LR x1, logits x             init init_std, LR x1, logits
+                       output_multiplier / m, decay lr * wd        x output_multiplier, decay lr * wd
 attention scores       q.k * sqrt(base_head_dim) / head_dim        q.k / sqrt(head_dim)
 =====================  ==========================================  ============================
 
@@ -36,7 +36,12 @@ muP's hidden matrices have two rules (``optimizer.weight_decay_rule``):
 Both rules give sp's decay at m = 1, and for sp (m = 1 everywhere) they are the same.
 
 The readout choice (init init_std, LR unscaled, logits multiplied by 1/m) is the one in the Power
-scheduler paper's code (Shen et al. 2024); it is microsoft/mup's ``MuReadout`` with output_mult 1.
+scheduler paper's code (Shen et al. 2024); it is microsoft/mup's ``MuReadout`` with
+output_mult = ``output_multiplier``. ``embedding_multiplier`` and ``output_multiplier`` are Tensor
+Programs V's input and output multipliers (CerebrasGPT's m_emb, and the output logit multiplier): constants,
+the same at every width, so muP's scaling rule for them is "x1": tune them at the base width and they
+transfer (the coord check in ``tests/test_coord_check.py`` holds with them away from 1). Both default to 1,
+today's model. ``init_std`` is ``cfg.init_std_resolved`` (0 selects the base-width rule, see config.py).
 ``base_head_dim`` (``cfg.base_head_dim_resolved``): the head_dim of the base model, by default
 base_width / n_heads (n_heads the same at every width); with a fixed head size and heads growing with
 width, set it to that head size, so the scale stays sp's. At width == base_width every mup multiplier
@@ -174,7 +179,7 @@ class GPT(nn.Module):
             if kind == "norm":
                 p.fill_(1.0)
                 continue
-            std = self.cfg.init_std
+            std = self.cfg.init_std_resolved
             if kind == "hidden":
                 std /= math.sqrt(self.m)  # muP: variance ~ 1/fan_in, equal to init_std^2 at base width
                 if name.endswith("proj.weight"):
@@ -223,10 +228,12 @@ class GPT(nn.Module):
             x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over B
         else:
             rotary = (self.rope_cos[:T], self.rope_sin[:T])  # (T, hs/2) each
+        x = x * self.cfg.embedding_multiplier  # x 1.0 is exact: runs from before the setting are unchanged
         for block in self.blocks:
             x = block(x, rotary)  # (B, T, C)
         # muP: once trained, the readout's rows align with h, so W h grows like width; 1/m keeps logits O(1)
-        return self.lm_head(self.ln_f(x)) * (1.0 / self.m)  # (B, T, V)
+        # output_multiplier / m is exactly 1 / m at the default 1.0, so older runs are unchanged
+        return self.lm_head(self.ln_f(x)) * (self.cfg.output_multiplier / self.m)  # (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of ``idx`` against ``targets`` (see ``cross_entropy``)."""

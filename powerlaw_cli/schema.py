@@ -23,7 +23,7 @@ from typing import Any, Literal, get_origin
 
 import pyarrow as pa
 
-from .config import SECTION_NAMES, SECTION_TYPES, RunConfig, ScheduleConfig, field_types
+from .config import SECTION_NAMES, SECTION_TYPES, RunConfig, ScheduleConfig, base_width_init_std, field_types
 
 STATUSES = ("ok", "diverged", "failed")
 """ok: trained to the end; diverged: stopped early by a non-finite or exploding loss (a result);
@@ -31,11 +31,14 @@ failed: an error stopped it (not a result; ``--retry-failed`` reruns it)."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 
-# Columns holding a setting in a derived form: the data source with its path, the resolved decay length.
+# Columns holding a setting in a derived form: the data source with its path, the resolved decay length
+# and init std.
 _DERIVED_DOCS = {
     "data": "data source and path (source:path)",
     "decay_tokens": "decay length, tokens (0 when the schedule has none)",
     "decay_points": "wsd_s: the budgets at which the main branch decays, comma-separated tokens",
+    "init_std": "init std of embeddings, readout and (at base width) hidden matrices, resolved "
+    "(model.init_std = 0 gives the base-width rule's value)",
 }
 
 
@@ -181,6 +184,7 @@ def derived_values(flat: Mapping[str, Any]) -> dict[str, Any]:
         if flat["schedule.name"] in ("wsd", "wsd_s", "power")
         else 0,
         "decay_points": ",".join(str(p) for p in flat["schedule.decay_points"]),
+        "init_std": flat["model.init_std"] or base_width_init_std(flat["model.base_width"]),  # 0: the rule's
     }
 
 

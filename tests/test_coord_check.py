@@ -57,6 +57,20 @@ def test_mup_passes_with_learned_positions_and_other_seeds() -> None:
     assert verdict(df).passed
 
 
+def test_mup_passes_with_width_independent_multipliers_away_from_1(checks) -> None:
+    """muP's rule for the embedding and output multipliers is "the same constant at every width"."""
+    df = coord_check(WIDTHS[:3], "mup", embedding_multiplier=4.0, output_multiplier=0.25)
+    assert verdict(df).passed, verdict(df).summary()
+    at_init = df[df["step"] == 0].set_index(["width", "module"])["l1"]
+    default = checks["mup"].query("step == 0 and width in @WIDTHS[:3]").set_index(["width", "module"])["l1"]
+    # The multipliers act: the embedding's x4 enters block 0, and the logits are x0.25 at init (up to the
+    # final norm's input, which the larger embedding changes slightly).
+    for width in WIDTHS[:3]:
+        assert at_init[(width, "embedding")] == pytest.approx(default[(width, "embedding")])
+        assert at_init[(width, "block0")] > 2 * default[(width, "block0")]
+        assert at_init[(width, "logits")] == pytest.approx(0.25 * default[(width, "logits")], rel=0.02)
+
+
 def synthetic(growth: dict[str, float], widths=(64, 128, 256, 512)) -> pd.DataFrame:
     """l1 = c * growth ** log2(width / 64), at one step."""
     return pd.DataFrame(

@@ -412,3 +412,24 @@ def test_export_says_which_parametrization_and_optimizer_the_lr_holds_for(tmp_pa
     coupled = export(_proxy_fit(tmp_path / "c", **mup, weight_decay_rule="coupled"), 64, 1e9, 1024)
     assert "(decay = group LR x 0.1)" in coupled["proxy"]["trainer"]
     assert export(_proxy_fit(tmp_path / "plain"), 64, 1e9, 1024)["proxy"] is None  # another lab's table
+
+
+def test_export_carries_the_tuned_base_settings_into_every_format(tmp_path):
+    base = {"parametrization": "mup", "base_width": 32, "init_std": 0.0566, "output_multiplier": 2.0}
+    rec = export(_proxy_fit(tmp_path, **base, embedding_multiplier=1.0), 64, 1e9, 1024)
+    proxy = rec["proxy"]
+    assert {k: proxy[k] for k in base} == base and proxy["embedding_multiplier"] == 1.0
+    assert "init 0.0566 / sqrt(m)" in proxy["trainer"] and "readout logits x 2 / m" in proxy["trainer"]
+    assert "embedding output" not in proxy["trainer"]  # x1: nothing to ask of the trainer
+    for fmt in ("yaml", "lm-engine", "torch"):
+        assert "readout logits x 2 / m" in render(rec, fmt)
+    assert json.loads(render(rec, "json"))["proxy"]["output_multiplier"] == 2.0
+    sp = export(_proxy_fit(tmp_path / "sp", parametrization="sp", embedding_multiplier=4.0), 64, 1e9, 1024)
+    assert "embedding output x 4 at every width" in sp["proxy"]["trainer"]
+
+
+def test_export_warns_when_the_lr_law_pools_base_models(tmp_path):
+    table = pd.concat([lr_sweep_table().assign(init_std=s) for s in (0.02, 0.0566)])
+    write_fit(fit_sweep(table, n_boot=50, group_by=["batch_size", "tokens", "init_std"]), tmp_path / "fit")
+    rec = export(read_fit(tmp_path), 64, 1e9, 1024)
+    assert any("pools init_std" in w for w in rec["warnings"]) and "init_std" not in (rec["proxy"] or {})

@@ -314,3 +314,112 @@ def test_joint_optima_of_one_batch_groups_are_their_cells():
     first = groups.iloc[0]
     assert (first["lr_opt"], first["lr_low"], first["lr_high"]) == (0.01, 0.008, 0.0125)
     assert first["loss_low"] == pytest.approx(3.0 - 1.959964 * 0.001) and math.isnan(first["batch_opt"])
+
+
+# --- Step Law's own estimator: --method band --band-mode steplaw ---------------------------------------
+
+STEPLAW_LAWS = {"lr": "lr_opt ~ N + D", "bopt": "batch_opt ~ D"}
+
+
+def symmetric_steplaw_table() -> pd.DataFrame:
+    """Per (N, D): LRs and batches on x2 grids centred on the true optimum, and a tilted bowl that is the
+    same seen from the optimum in either direction, so the band's geometric mean is the truth exactly."""
+    rows = []
+    for n in (1e7, 1e8, 1e9):
+        for d in (1e9, 1e10, 1e11):
+            lr_star, b_star = float(synthetic.lr_opt(n, d)), float(synthetic.batch_opt_tokens(d))
+            for j in range(-3, 4):
+                for k in range(-3, 4):
+                    loss = float(synthetic.loss(n, d)) * (1 + 0.001 * (j * j + 2 * k * k + j * k))
+                    rows.append(
+                        {
+                            "N": n,
+                            "D": d,
+                            "lr": lr_star * 2.0**k,
+                            "bs": b_star / synthetic.SEQ_LEN * 2.0**j,
+                            "smooth loss": loss,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_steplaw_band_recovers_the_laws_of_a_symmetric_table_exactly():
+    runs = prepare_runs(symmetric_steplaw_table(), COLUMNS, "smooth loss")  # batch in sequences
+    fit = fit_sweep(
+        runs, method="band", band_mode="steplaw", laws=STEPLAW_LAWS, default_laws=False, n_boot=50
+    )
+    data = fit.to_dict()
+    groups = fit.groups
+    assert (groups["method"] == "band_steplaw").all() and (groups["n_band"] > 1).all()
+    lr, bopt = data["laws"]["lr"], data["laws"]["bopt"]
+    a, alpha, beta = synthetic.LR_LAW
+    assert lr["a"]["value"] == pytest.approx(a, rel=1e-9) and lr["weighted"]
+    assert lr["exponents"]["params_non_embedding"]["value"] == pytest.approx(alpha, abs=1e-9)
+    assert lr["exponents"]["tokens"]["value"] == pytest.approx(beta, abs=1e-9)
+    assert bopt["a"]["value"] == pytest.approx(synthetic.BATCH_LAW[0] / synthetic.SEQ_LEN, rel=1e-9)
+    assert bopt["exponents"]["tokens"]["value"] == pytest.approx(synthetic.BATCH_LAW[1], abs=1e-9)
+    # today's profile method on the same table is a different estimator (and, here, also near the truth)
+    profile = fit_sweep(runs, method="band", laws=STEPLAW_LAWS, default_laws=False, n_boot=0)
+    assert "n_band" not in profile.groups
+
+
+def test_steplaw_band_is_least_squares_over_every_point_within_the_band():
+    """The paper's procedure on a table with noise and grids not centred on the optimum: per (N, D) keep
+    every run within 0.25% of the best loss, then least squares of ln lr on (ln N, ln D) and of ln B on
+    ln D over all kept runs. Computed here from the raw table, it must equal the fitted laws."""
+    raw = synthetic.steplaw_table(3, noise=0.004)
+    runs = prepare_runs(raw, COLUMNS, "smooth loss", "tokens", synthetic.SEQ_LEN)
+    fit = fit_sweep(
+        runs, method="band", band_mode="steplaw", laws=STEPLAW_LAWS, default_laws=False, n_boot=50
+    )
+    finite = raw[np.isfinite(raw["smooth loss"])]
+    best = finite.groupby(["N", "D"])["smooth loss"].transform("min")
+    kept = finite[finite["smooth loss"] <= best * 1.0025]
+    assert int(fit.groups["n_band"].sum()) == len(kept)
+    X = np.column_stack([np.ones(len(kept)), np.log(kept["N"]), np.log(kept["D"])])
+    coef = np.linalg.lstsq(X, np.log(kept["lr"]), rcond=None)[0]
+    lr = fit.laws["lr"]
+    assert [
+        math.log(lr["a"]["value"]),
+        *(lr["exponents"][v]["value"] for v in ("params_non_embedding", "tokens")),
+    ] == (pytest.approx(coef.tolist(), abs=1e-9))
+    coef_b = np.linalg.lstsq(X[:, [0, 2]], np.log(kept["bs"]), rcond=None)[0]
+    bopt = fit.laws["bopt"]
+    assert math.log(bopt["in_tokens"]["a"]["value"]) == pytest.approx(coef_b[0], abs=1e-9)
+    assert bopt["exponents"]["tokens"]["value"] == pytest.approx(coef_b[1], abs=1e-9)
+    assert (
+        lr["n_points"] == len(fit.groups) == 16
+    )  # intervals: a bootstrap over groups, not over the kept runs
+
+
+def test_band_mode_is_checked_and_the_cli_takes_it(tmp_path):
+    steplaw_csv = tmp_path / "steplaw.csv"
+    synthetic.steplaw_table(0, params=(1e7, 1e8, 1e9), tokens=(1e9, 1e10, 1e11)).to_csv(
+        steplaw_csv, index=False
+    )
+    with pytest.raises(FitError, match="--band-mode 'x'"):
+        fit_sweep(steplaw_runs(), method="band", band_mode="x")
+    with pytest.raises(FitError, match="--weighted and --band-mode steplaw"):
+        fit_sweep(steplaw_runs(), method="band", band_mode="steplaw", weighted=True)
+    code, stdout, stderr = invoke(
+        "fit",
+        steplaw_csv,
+        *STEPLAW_COLUMNS,
+        *LAWS[:4],
+        "--method",
+        "band",
+        "--band-mode",
+        "steplaw",
+        "--bootstrap",
+        "20",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    assert data["options"]["band_mode"] == "steplaw"
+    assert {g["method"] for g in data["groups"]} == {"band_steplaw"}
+    assert (
+        tmp_path / "groups.png"
+    ).stat().st_size > 5000  # the batch profiles are drawn for these groups too

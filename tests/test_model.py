@@ -310,3 +310,25 @@ def test_bf16_autocast_forward_and_backward() -> None:
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     torch.testing.assert_close(logits.float(), reference, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("parametrization", ["mup", "sp"])
+def test_embedding_and_output_multipliers_scale_the_forward_pass(parametrization: str) -> None:
+    cfg = config(width=128, base_width=32, parametrization=parametrization, positions="learned")
+    plain = GPT(cfg, seed=0)
+    idx = tokens(cfg)
+    scaled = GPT(ModelConfig(**{**cfg.values, "output_multiplier": 3.0}), seed=0)
+    assert torch.allclose(scaled(idx), 3.0 * plain(idx), rtol=1e-5, atol=1e-7)  # logits x 3 (on top of 1/m)
+    seen = {}
+    emb = GPT(ModelConfig(**{**cfg.values, "embedding_multiplier": 2.5}), seed=0)
+    emb.blocks[0].ln_1.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    emb(idx)
+    expected = 2.5 * (plain.wte(idx) + plain.wpe(torch.arange(cfg.seq_len)))  # tokens and positions, x2.5
+    assert torch.allclose(seen["x"], expected)
+
+
+def test_init_std_0_initialises_with_the_base_width_rule() -> None:
+    model = GPT(config(width=64, base_width=32, init_std=0.0, vocab_size=256), seed=0)
+    rule = 0.02 * math.sqrt(256 / 32)
+    assert model.wte.weight.std().item() == pytest.approx(rule, rel=0.05)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(rule / math.sqrt(2), rel=0.05)

@@ -128,6 +128,31 @@ def test_a_setting_at_its_legacy_value_keeps_the_run_ids_from_before_it_existed(
     assert independent.identity()["optimizer"]["weight_decay_rule"] == "independent"
 
 
+@pytest.mark.parametrize("name", IDS_BEFORE_WEIGHT_DECAY_RULE)
+def test_the_mup_multipliers_at_1_keep_old_run_ids_and_enter_the_id_elsewhere(name):
+    old_id, data = IDS_BEFORE_WEIGHT_DECAY_RULE[name]
+    model = {**data.get("model", {}), "embedding_multiplier": 1.0, "output_multiplier": 1}
+    run = RunConfig.from_dict({**data, "model": model})
+    assert run.run_id == old_id
+    for key in ("model.embedding_multiplier", "model.output_multiplier"):
+        other = run.replace({key: 2.0})
+        assert other.run_id != old_id and other.identity()["model"][key.split(".")[1]] == 2.0
+
+
+def test_init_std_0_is_the_base_width_rule_with_its_own_run_id():
+    from powerlaw_cli.config import ConfigError, ModelConfig
+    from powerlaw_cli.schema import setting_values
+
+    auto = RunConfig.from_dict({"model": {"base_width": 32, "init_std": 0}})
+    explicit = auto.replace({"model.init_std": 0.02 * (256 / 32) ** 0.5})
+    assert auto.model.init_std_resolved == pytest.approx(0.0566, abs=1e-4)
+    assert ModelConfig(base_width=256, init_std=0).init_std_resolved == pytest.approx(0.02)
+    assert auto.run_id not in (explicit.run_id, RunConfig().run_id)
+    assert setting_values(auto)["init_std"] == explicit.model.init_std  # the runs table holds the value used
+    with pytest.raises(ConfigError, match="model.init_std"):
+        ModelConfig(init_std=-0.01)
+
+
 def test_the_sweep_hash_of_a_sweep_file_from_before_the_weight_decay_rule_is_unchanged():
     sweep = load_sweep(Path(__file__).resolve().parent.parent / "sweeps" / "demo.toml")
     assert all(run.optimizer.weight_decay_rule == "coupled" for run in sweep.runs)
