@@ -57,6 +57,7 @@ def plan(
     """Runs, tasks and arrays a sweep would submit, whether they fit the cluster's limits; tokens, FLOPs, GPU-hours."""
     import dataclasses
 
+    from .data_files import check_sweep_data
     from .plan import make_plan
     from .slurm import cluster_limits
     from .spec import load_sweep
@@ -67,6 +68,7 @@ def plan(
 
         sweep = dataclasses.replace(sweep, runs=first_round(sweep))
     options = sweep.launch
+    check_sweep_data(sweep.runs)  # data a worker could not load: refused here, as launch refuses it
     limits = cluster_limits(options.account)
     if max_array_size is not None:
         limits = dataclasses.replace(limits, max_array_size=max_array_size)

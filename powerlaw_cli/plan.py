@@ -8,7 +8,6 @@ from typing import Any
 
 from .chains import chain_tokens, plan_chains
 from .config import RunConfig
-from .data_files import check_sweep_data
 from .launch import check_fits, pack_tasks
 from .slurm import ClusterLimits
 from .spec import Sweep
@@ -65,9 +64,7 @@ def run_row(run: RunConfig) -> dict[str, Any]:
 def make_plan(
     sweep: Sweep, launch: LaunchConfig, limits: ClusterLimits, throughput: float, head: int = 10
 ) -> Plan:
-    """Plan ``sweep`` as ``launch`` would submit it now under ``limits``; GPU-hours at ``throughput`` FLOP/s per GPU.
-    DataError when a worker could not load a data setting of its runs."""
-    check_sweep_data(sweep.runs)
+    """Plan ``sweep`` as ``launch`` would submit it now under ``limits``; GPU-hours at ``throughput`` FLOP/s per GPU."""
     chains = plan_chains(sweep.runs, launch.share_trunks)
     tasks = pack_tasks(chains, launch.runs_per_task)
     tokens_trained = 0
