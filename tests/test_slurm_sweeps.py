@@ -302,12 +302,15 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     slurm_cluster, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # a relative sweep directory, as `plsweep launch` makes by default
-    good, missing = tmp_path / "train.bin", tmp_path / "missing.bin"
+    good, bad = tmp_path / "train.bin", tmp_path / "bad_ids.bin"
     np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint16).tofile(good)
+    np.full(50_000, 60_000, dtype=np.uint16).tofile(
+        bad
+    )  # readable, ids beyond the vocabulary: a worker finds out
     spec = write_spec(
         tmp_path,
         "failing",
-        f'optimizer.lr = [1e-3, 3e-3]\ndata.path = ["{good}", "{missing}"]',
+        f'optimizer.lr = [1e-3, 3e-3]\ndata.path = ["{good}", "{bad}"]',
         data='source = "tokens"',
         training="batch_size = 8\ntokens = 2048",
     )
@@ -340,13 +343,11 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
         status.failures,
     )
     (job,) = sweep_dir.launches()[0]["task_jobs"]
-    assert {f.run_id for f in status.failures} == {
-        r.run_id for r in sweep.runs if r.data.path == str(missing)
-    }
+    assert {f.run_id for f in status.failures} == {r.run_id for r in sweep.runs if r.data.path == str(bad)}
     for failure in status.failures:
-        assert "missing.bin" in failure.error and failure.job == job
+        assert "bad_ids.bin" in failure.error and failure.job == job
         assert failure.log and Path(failure.log).exists()
-        assert any(failure.run_id in line and "missing.bin" in line for line in failure.log_tail), (
+        assert any(failure.run_id in line and "bad_ids.bin" in line for line in failure.log_tail), (
             failure.log_tail
         )
 
@@ -354,12 +355,12 @@ def test_a_failed_run_is_reported_relaunch_submits_only_what_is_missing_and_retr
     assert cli.exit_code == 0, cli.output
     shown = json.loads(cli.stdout)
     assert shown["counts"]["failed"] == 2 and shown["done"] is True
-    assert all("missing.bin" in f["error"] for f in shown["failures"])
+    assert all("bad_ids.bin" in f["error"] for f in shown["failures"])
 
     nothing = launch(sweep, out, "slurm")  # failed runs have records: nothing is missing
     assert nothing.launch is None and nothing.runs_launched == 0 and nothing.skipped_recorded == 4
 
-    shutil.copy(good, missing)
+    shutil.copy(good, bad)
     cli = CliRunner().invoke(
         app, ["launch", str(spec), "--executor", "slurm", "--out", str(out), "--retry-failed", "--json"]
     )
